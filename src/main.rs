@@ -1,0 +1,5 @@
+//! The `gbrelay` binary: CLI dispatch only; everything else lives in the library.
+
+fn main() {
+    println!("gbrelay {}", env!("CARGO_PKG_VERSION"));
+}

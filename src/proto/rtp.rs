@@ -1,0 +1,1 @@
+//! Placeholder: RTP (RFC 3550), RFC 4571 framing, reorder window.
