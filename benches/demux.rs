@@ -1,0 +1,2 @@
+//! Placeholder: the owner of this hot path fills the bench in.
+fn main() {}
