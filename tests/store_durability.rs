@@ -165,7 +165,7 @@ fn an_unwritable_location_is_a_typed_error() {
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     // Its "directory" is a regular file: create_dir_all fails.
-    let err = Store::open(&file.join("sub/gbrelay.db")).err().expect("must fail");
+    let err = Store::open(&file.join("sub/gbrelay.db")).expect_err("must fail");
     assert!(matches!(err, StoreError::CreateDir { .. }), "{err}");
     // A file that is not a database.
     let junk = dir.path().join("junk.db");

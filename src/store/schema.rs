@@ -72,7 +72,7 @@ pub fn user_version(conn: &Connection) -> Result<i64, StoreError> {
 /// newer build (higher version) is refused rather than misread.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let found = user_version(conn)?;
-    if found > SCHEMA_VERSION || found < 0 {
+    if !(0..=SCHEMA_VERSION).contains(&found) {
         return Err(StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
