@@ -55,7 +55,10 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
-        let store = Store::open_in_memory().unwrap();
+        Api::start_with(Store::open_in_memory().unwrap()).await
+    }
+
+    async fn start_with(store: Store) -> Api {
         let control = Arc::new(FakeControl::default());
         let app = router(DevicesState { store: store.clone(), control: control.clone() });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -405,4 +408,18 @@ async fn wrong_method_is_a_json_405() {
         405,
         "method_not_allowed",
     );
+}
+
+#[tokio::test]
+async fn a_store_failure_is_a_json_500_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gbrelay.db");
+    let api = Api::start_with(Store::open(&path).unwrap()).await;
+    api.store.create_device(NVR, "n", None).unwrap();
+    // Break the database behind the store's back.
+    rusqlite::Connection::open(&path).unwrap().execute_batch("DROP TABLE channels").unwrap();
+    let r = api.call("GET", &format!("/api/v1/devices/{NVR}/channels"), None).await;
+    assert_error(&r, 500, "store_error");
+    let r = api.call("GET", "/api/v1/devices", None).await;
+    assert_error(&r, 500, "store_error");
 }

@@ -19,7 +19,9 @@
 //! views below have no password field at all (only `has_password`).
 //!
 //! Store calls are synchronous; every handler runs them in `tokio::task::spawn_blocking` so a slow
-//! disk (WAL checkpoint fsync) never stalls a runtime worker that is also moving media.
+//! disk (WAL checkpoint fsync) never stalls a runtime worker that is also moving media. The sync
+//! `DeviceControl::is_online` is called there too, so an implementation may use blocking locks
+//! (`blocking_read` and the like); only `refresh_catalog`'s future is awaited on the runtime.
 
 use crate::store::{ChannelRecord, DeviceRecord, Store, StoreError};
 use axum::body::Bytes;
@@ -459,14 +461,19 @@ async fn refresh_catalog(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let known = {
+    // `is_online` is sync and may take a blocking lock: call it off the async workers too.
+    let (known, online) = {
         let (st, id) = (st.clone(), id.clone());
-        blocking(move || Ok(st.store.get_device(&id)?.is_some())).await?
+        blocking(move || {
+            let known = st.store.get_device(&id)?.is_some();
+            Ok((known, known && st.control.is_online(&id)))
+        })
+        .await?
     };
     if !known {
         return Err(ApiError::device_not_found(&id));
     }
-    if !st.control.is_online(&id) {
+    if !online {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "device_offline",
