@@ -893,3 +893,42 @@ async fn go_silent_stops_keepalives() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(sim.stats().keepalives > before, "keepalives resume");
 }
+
+#[tokio::test]
+async fn refresh_keeps_the_call_id_and_reboot_registers_with_a_new_one() {
+    let mut srv = Server::udp().await;
+    let sim = Simulator::start(base_cfg(srv.local)).await.unwrap();
+    let mut ev = sim.events();
+    // RFC 2069-style challenge (no qop): response = MD5(HA1:nonce:HA2).
+    let r1 = srv.expect_request("REGISTER").await;
+    srv.send(
+        &reply(&r1, 401, "Unauthorized")
+            .with("WWW-Authenticate", format!("Digest realm=\"{DOMAIN}\", nonce=\"n0\"")),
+    )
+    .await;
+    let r2 = srv.expect_request("REGISTER").await;
+    let p: std::collections::HashMap<String, String> =
+        auth_params(r2.header("Authorization").unwrap().trim_start_matches("Digest")).into_iter().collect();
+    assert!(!p.contains_key("qop") && !p.contains_key("nc"));
+    let ha1 = md5_hex(&format!("{NVR_ID}:{DOMAIN}:{PASSWORD}"));
+    let ha2 = md5_hex(&format!("REGISTER:{}", p["uri"]));
+    assert_eq!(p["response"], md5_hex(&format!("{ha1}:n0:{ha2}")));
+    // Grant only 2 s: the device must refresh well before that, on the same Call-ID.
+    srv.send(&reply(&r2, 200, "OK").with("Expires", "2")).await;
+    wait_event(&mut ev, "Registered", |e| *e == SimEvent::Registered).await;
+    let t = std::time::Instant::now();
+    let r3 = srv.expect_request("REGISTER").await;
+    assert!(t.elapsed() < Duration::from_millis(1900), "refreshed before expiry");
+    assert_eq!(r3.call_id(), r1.call_id());
+    assert!(r3.cseq().unwrap().0 > r2.cseq().unwrap().0);
+    srv.send(&reply(&r3, 200, "OK").with("Expires", "3600")).await;
+    wait_event(&mut ev, "Registered", |e| *e == SimEvent::Registered).await;
+
+    sim.reboot().await;
+    let r4 = srv.expect_request("REGISTER").await;
+    assert_ne!(r4.call_id(), r1.call_id(), "a reboot registers with a new Call-ID");
+    assert_eq!(r4.cseq().unwrap().0, 1);
+    srv.send(&reply(&r4, 200, "OK").with("Expires", "3600")).await;
+    wait_event(&mut ev, "Registered", |e| *e == SimEvent::Registered).await;
+    assert!(sim.stats().registers >= 4);
+}

@@ -75,6 +75,67 @@ pub enum AnswerPolicy {
     ProvisionalThenSilence,
 }
 
+/// Error of the `FromStr` impls (CLI parsing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: `{got}` (expected {expected})")]
+pub struct ParsePolicyError {
+    pub what: &'static str,
+    pub got: String,
+    pub expected: &'static str,
+}
+
+impl std::str::FromStr for SipTransport {
+    type Err = ParsePolicyError;
+    /// `udp` or `tcp`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Ok(SipTransport::Udp),
+            "tcp" => Ok(SipTransport::Tcp),
+            _ => Err(ParsePolicyError { what: "SIP transport", got: s.into(), expected: "udp | tcp" }),
+        }
+    }
+}
+
+impl std::str::FromStr for SsrcPolicy {
+    type Err = ParsePolicyError;
+    /// `offered`, `zero`, or `own:<u32>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePolicyError {
+            what: "SSRC policy",
+            got: s.into(),
+            expected: "offered | zero | own:<u32>",
+        };
+        match s.to_ascii_lowercase().as_str() {
+            "offered" => Ok(SsrcPolicy::Offered),
+            "zero" => Ok(SsrcPolicy::Zero),
+            l => l.strip_prefix("own:").and_then(|v| v.parse().ok()).map(SsrcPolicy::Own).ok_or_else(err),
+        }
+    }
+}
+
+impl std::str::FromStr for AnswerPolicy {
+    type Err = ParsePolicyError;
+    /// `accept`, `refuse:<status>`, `no-answer`, or `provisional`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePolicyError {
+            what: "answer policy",
+            got: s.into(),
+            expected: "accept | refuse:<status 300-699> | no-answer | provisional",
+        };
+        match s.to_ascii_lowercase().as_str() {
+            "accept" => Ok(AnswerPolicy::Accept),
+            "no-answer" | "noanswer" => Ok(AnswerPolicy::NoAnswer),
+            "provisional" | "provisional-then-silence" => Ok(AnswerPolicy::ProvisionalThenSilence),
+            l => l
+                .strip_prefix("refuse:")
+                .and_then(|v| v.parse().ok())
+                .filter(|c: &u16| (300..700).contains(c))
+                .map(AnswerPolicy::Refuse)
+                .ok_or_else(err),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub server: SocketAddr,
@@ -529,6 +590,19 @@ impl Simulator {
         }
     }
 
+    /// Simulates a reboot: every stream ends without BYE, and the device registers again at once with
+    /// a new Call-ID (which a server treats as a reboot, GB/T 28181-2016 §9.1.2.1).
+    pub async fn reboot(&self) {
+        abort_streams(&self.sh);
+        self.sh.registered.store(false, Ordering::Relaxed);
+        {
+            let mut reg = self.sh.reg.lock().await;
+            reg.call_id = new_call_id();
+            reg.cseq = 0;
+        }
+        self.sh.reg_kick.notify_one();
+    }
+
     /// Stops keepalives and REGISTER refreshes (the server should declare the device offline).
     pub async fn go_silent(&self) {
         self.sh.silent.store(true, Ordering::Relaxed);
@@ -967,7 +1041,8 @@ fn response_to(
 
 fn tx_key(req: &SipMessage) -> Option<String> {
     let method = req.method()?;
-    Some(format!("{}|{}|{}", req.top_branch().unwrap_or_default(), req.call_id().unwrap_or(""), method))
+    let cseq = req.cseq().map(|c| c.0).unwrap_or(0);
+    Some(format!("{}|{}|{cseq}|{method}", req.top_branch().unwrap_or_default(), req.call_id().unwrap_or("")))
 }
 
 /// Sends a response and remembers it for retransmitted requests.
@@ -1068,7 +1143,17 @@ fn pick_ssrc(policy: SsrcPolicy, offered: Option<u32>) -> u32 {
 async fn on_invite(sh: &Arc<Shared>, req: SipMessage, src: SocketAddr) {
     let Some(key) = tx_key(&req) else { return };
     if sh.cfg.answer == AnswerPolicy::NoAnswer {
+        // Remember the transaction (so retransmissions are counted as such), tell the test, answer nothing.
         sh.tx.lock().expect("tx lock").put(key, None);
+        let channel = req.uri().and_then(sip::uri_user).unwrap_or_default();
+        if let Ok(offer) = sdp::parse_offer(&String::from_utf8_lossy(&req.body)) {
+            let _ = sh.events.send(SimEvent::Invited {
+                channel,
+                transport: offer.transport,
+                ssrc: offer.ssrc,
+                stream_number: offer.stream_number,
+            });
+        }
         return;
     }
     let Some(call_id) = req.call_id().map(str::to_string) else { return };
@@ -1330,4 +1415,31 @@ async fn bye_dialog(sh: &Arc<Shared>, call_id: &str) {
     tokio::spawn(async move {
         request(&sh2, bye).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_policy_strings_parse() {
+        assert_eq!("TCP".parse::<SipTransport>(), Ok(SipTransport::Tcp));
+        assert_eq!("own:1234".parse::<SsrcPolicy>(), Ok(SsrcPolicy::Own(1234)));
+        assert_eq!("zero".parse::<SsrcPolicy>(), Ok(SsrcPolicy::Zero));
+        assert_eq!("refuse:486".parse::<AnswerPolicy>(), Ok(AnswerPolicy::Refuse(486)));
+        assert_eq!("provisional".parse::<AnswerPolicy>(), Ok(AnswerPolicy::ProvisionalThenSilence));
+        assert!("refuse:200".parse::<AnswerPolicy>().is_err());
+        assert!("sctp".parse::<SipTransport>().is_err());
+    }
+
+    #[test]
+    fn nvr_channels_take_the_device_prefix_type_132_and_a_serial_and_an_ipc_is_its_own_channel() {
+        let mut cfg = SimConfig { channels: 3, ..SimConfig::default() };
+        let ids: Vec<_> = make_channels(&cfg).into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, ["34020000001320000001", "34020000001320000002", "34020000001320000003"]);
+        cfg.device_id = "34020000001320000042".into();
+        let ipc = make_channels(&cfg);
+        assert_eq!(ipc.len(), 1);
+        assert_eq!(ipc[0].id, cfg.device_id);
+    }
 }
