@@ -932,3 +932,47 @@ async fn refresh_keeps_the_call_id_and_reboot_registers_with_a_new_one() {
     wait_event(&mut ev, "Registered", |e| *e == SimEvent::Registered).await;
     assert!(sim.stats().registers >= 4);
 }
+
+#[tokio::test]
+async fn media_source_streams_the_file_without_sip_in_each_transport() {
+    use gbrelay::sim::{MediaSource, MediaSourceConfig};
+    let (_dir, path, file) = short_sample(10);
+    for transport in [MediaTransport::Udp, MediaTransport::TcpPassive, MediaTransport::TcpActive] {
+        let mut cfg = MediaSourceConfig {
+            media_file: path.clone(),
+            transport,
+            peer: "127.0.0.1:0".parse().unwrap(),
+            ssrc: 777,
+            local: "127.0.0.1:0".parse().unwrap(),
+            loss: 0.0,
+            reorder: 0.0,
+            seed: 1,
+        };
+        let (mut rx, src) = match transport {
+            MediaTransport::Udp => {
+                let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                cfg.peer = s.local_addr().unwrap();
+                (MediaIn::Udp(s), MediaSource::start(cfg).await.unwrap())
+            }
+            MediaTransport::TcpPassive => {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                cfg.peer = l.local_addr().unwrap();
+                let src = MediaSource::start(cfg).await.unwrap();
+                (MediaIn::Tcp(l.accept().await.unwrap().0), src)
+            }
+            MediaTransport::TcpActive => {
+                let src = MediaSource::start(cfg).await.unwrap();
+                (MediaIn::Tcp(TcpStream::connect(src.local_addr()).await.unwrap()), src)
+            }
+        };
+        let mut got = Vec::new();
+        while got.len() < file.len() {
+            let p = rx.next(Duration::from_secs(3)).await.expect("RTP");
+            assert_eq!(p.ssrc, 777);
+            got.extend_from_slice(&p.payload);
+        }
+        assert_eq!(&got[..file.len()], &file[..], "{transport:?}");
+        assert!(src.stats().packets > 0);
+        src.stop();
+    }
+}

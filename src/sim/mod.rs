@@ -22,6 +22,7 @@ pub mod ps;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;
+pub mod source;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,6 +39,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 pub use sdp::MediaTransport;
+pub use source::{MediaSource, MediaSourceConfig, MediaSourceStats};
 
 use manscdp::{DeviceFacts, SimChannel};
 use ps::PsFile;

@@ -183,15 +183,16 @@ impl PsFile {
                         0
                     };
                     // PES header (§2.4.3.6): '10' marker, PTS_DTS_flags in byte 7.
+                    let declared_end = if plen == 0 { d.len() } else { pos + 6 + plen };
                     if pos + 9 <= d.len() && d[pos + 6] & 0xC0 == 0x80 {
                         let flags = d[pos + 7];
                         let r = raws.last_mut().expect("a unit exists");
-                        if flags & 0x80 != 0 && pos + 14 <= d.len() {
+                        if flags & 0x80 != 0 && pos + 14 <= d.len().min(declared_end) {
                             if r.pts.is_none() {
                                 r.pts = Some(read_pts(&d[pos + 9..pos + 14]));
                             }
                             r.patches.push(Patch::Pts(pos + 9));
-                            if flags & 0x40 != 0 && pos + 19 <= d.len() {
+                            if flags & 0x40 != 0 && pos + 19 <= d.len().min(declared_end) {
                                 r.patches.push(Patch::Pts(pos + 14));
                             }
                         }
@@ -258,6 +259,10 @@ impl PsFile {
         let add = pass.wrapping_mul(self.loop_duration);
         let mut b = BytesMut::from(&raw[..]);
         for p in &u.patches {
+            let (Patch::Scr(off) | Patch::Pts(off)) = *p;
+            if off < u.start || off + 5 > u.end {
+                continue; // a field cut short by the next structure (hostile input): leave it alone
+            }
             match *p {
                 Patch::Scr(off) => {
                     let o = off - u.start;
@@ -373,6 +378,33 @@ mod tests {
             write_pts(&mut p, v);
             assert_eq!(read_pts(&p), v);
             assert_eq!(p[0] & 0xF1, 0x21);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_bytes_never_panic_and_units_always_tile(
+            chunks in proptest::collection::vec(
+                (proptest::prop_oneof![
+                    proptest::strategy::Just(0xBAu8), proptest::strategy::Just(0xE0), proptest::strategy::Just(0xC0),
+                    proptest::strategy::Just(0xBC), proptest::strategy::Just(0xBD), proptest::strategy::Just(0xB9)
+                ], proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+                1..12)
+        ) {
+            let mut data = Vec::new();
+            for (sc, tail) in chunks {
+                data.extend_from_slice(&[0, 0, 1, sc]);
+                data.extend_from_slice(&tail);
+            }
+            let len = data.len();
+            let f = PsFile::parse(Bytes::from(data)).unwrap();
+            proptest::prop_assert_eq!(f.units[0].start, 0);
+            proptest::prop_assert_eq!(f.units.last().unwrap().end, len);
+            for i in 0..f.units.len() {
+                let b = f.unit_bytes(i, 3);
+                proptest::prop_assert_eq!(b.len(), f.units[i].end - f.units[i].start);
+                let _ = f.rtp_timestamp(i, 3);
+            }
         }
     }
 

@@ -424,6 +424,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = SipMessage::parse(&data, true);
+            let _ = SipMessage::parse(&data, false);
+        }
+
+        #[test]
+        fn every_split_of_a_message_is_incomplete_until_whole(split in 0usize..200) {
+            let m = SipMessage::request("BYE", "sip:a@b").with("Call-ID", "x").with_body("text/plain", b"hello".to_vec());
+            let wire = m.to_bytes();
+            let split = split % wire.len();
+            proptest::prop_assert_eq!(SipMessage::parse(&wire[..split], false), Err(SipParseError::Incomplete));
+            let (p, n) = SipMessage::parse(&wire, false).unwrap();
+            proptest::prop_assert_eq!(n, wire.len());
+            proptest::prop_assert_eq!(p.to_bytes(), wire);
+        }
+    }
+
     #[test]
     fn uri_helpers_extract_user_and_params() {
         let v = "<sip:34020000001320000001@3402000000>;tag=abc";
