@@ -976,3 +976,34 @@ async fn media_source_streams_the_file_without_sip_in_each_transport() {
         src.stop();
     }
 }
+
+#[tokio::test]
+async fn tcp_passive_media_connect_is_retried_until_the_server_listens() {
+    let (_dir, path, file) = short_sample(10);
+    let (mut srv, sim, mut ev, channel) = registered(|c| c.media_file = path).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed again: the first connection attempts are refused
+    let invite = srv.request("INVITE", &channel, "late-listener", 1).with_body(
+        "application/sdp",
+        invite_sdp(MediaTransport::TcpPassive, port, "0200000009").into_bytes(),
+    );
+    srv.send(&invite).await;
+    let ok = srv.expect_status("late-listener", 200).await;
+    let mut ack = srv.request("ACK", &channel, "late-listener", 1);
+    ack.headers.retain(|(n, _)| n != "To");
+    ack.push("To", ok.header("To").unwrap());
+    srv.send(&ack).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let (t, _) = timeout(Duration::from_secs(5), l.accept()).await.expect("the device retries").unwrap();
+    let mut m = MediaIn::Tcp(t);
+    let mut got = Vec::new();
+    while got.len() < file.len() {
+        got.extend_from_slice(&m.next(Duration::from_secs(3)).await.expect("RTP").payload);
+    }
+    assert_eq!(&got[..file.len()], &file[..]);
+    wait_event(&mut ev, "StreamStarted", |e| matches!(e, SimEvent::StreamStarted { .. })).await;
+    assert_eq!(sim.stats().byes_sent, 0);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 use super::rtp::{self, Sink, StreamParams};
@@ -235,16 +235,7 @@ pub(super) fn on_ack(sh: &Arc<Shared>, req: &SipMessage) {
     let handle = tokio::spawn(async move {
         let sink = match prep {
             MediaPrep::Udp(s) => Ok(Sink::Udp(s)),
-            MediaPrep::Connect(s, addr) => {
-                match tokio::time::timeout(Duration::from_secs(10), s.connect(addr)).await {
-                    Ok(Ok(t)) => {
-                        let _ = t.set_nodelay(true);
-                        Ok(Sink::Tcp(t))
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "media connect")),
-                }
-            }
+            MediaPrep::Connect(s, addr) => connect_media(s, addr).await.map(Sink::Tcp),
             MediaPrep::Listen(l) => match tokio::time::timeout(Duration::from_secs(10), l.accept()).await {
                 Ok(Ok((t, _))) => {
                     let _ = t.set_nodelay(true);
@@ -264,6 +255,30 @@ pub(super) fn on_ack(sh: &Arc<Shared>, req: &SipMessage) {
         tokio::spawn(async move { bye_dialog(&sh3, &call_id2).await });
     });
     d.state = DialogState::Streaming(handle);
+}
+
+/// Connects to a listening server (TCP passive on its side). The server may open its listener a
+/// moment after the ACK, so a refused connection is retried every 200 ms for up to 10 s (retries
+/// from a fresh port: the answered m= port only matters for a server that connects).
+async fn connect_media(first: TcpSocket, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut attempt = tokio::time::timeout_at(deadline, first.connect(addr)).await;
+    loop {
+        match attempt {
+            Ok(Ok(t)) => {
+                let _ = t.set_nodelay(true);
+                return Ok(t);
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline => {
+                return Err(e)
+            }
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                attempt = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await;
+            }
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "media connect")),
+        }
+    }
 }
 
 pub(super) struct ActiveGuard<'a>(&'a AtomicU64);

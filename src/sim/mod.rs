@@ -299,6 +299,67 @@ pub fn nth_device_id(base: &str, i: u32) -> String {
     }
 }
 
+/// Runs `devices` simulated devices until Ctrl-C or SIGTERM, logging their events with `tracing`,
+/// then unregisters them all — what `gbrelay sim` runs. Device `i` gets [`nth_device_id`]`(base, i)`
+/// and, when `base.local` has a fixed port, that port + `i`.
+pub async fn run_until_shutdown(base: SimConfig, devices: u32) -> std::io::Result<()> {
+    let mut sims = Vec::new();
+    for i in 0..devices.max(1) {
+        let mut cfg = base.clone();
+        cfg.device_id = nth_device_id(&base.device_id, i);
+        if base.local.port() != 0 {
+            let port = u16::try_from(base.local.port() as u32 + i).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "local port + device count exceeds 65535",
+                )
+            })?;
+            cfg.local.set_port(port);
+        }
+        let id = cfg.device_id.clone();
+        let sim = Simulator::start(cfg).await?;
+        let mut ev = sim.events();
+        tokio::spawn(async move {
+            loop {
+                match ev.recv().await {
+                    Ok(e) => tracing::info!(device = %id, event = ?e, "sim event"),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(device = %id, skipped = n, "sim events lagged")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        tracing::info!(device = %sim.sh.cfg.device_id, sip = %sim.sip_local_addr(), channels = sim.channel_ids().len(), "sim device started");
+        sims.push(sim);
+    }
+    shutdown_signal().await;
+    tracing::info!(devices = sims.len(), "sim: unregistering");
+    futures_util::future::join_all(sims.into_iter().map(Simulator::stop)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn make_channels(cfg: &SimConfig) -> Vec<SimChannel> {
     let id = &cfg.device_id;
     let ty = id.get(10..13).unwrap_or("");
