@@ -1007,3 +1007,16 @@ async fn tcp_passive_media_connect_is_retried_until_the_server_listens() {
     wait_event(&mut ev, "StreamStarted", |e| matches!(e, SimEvent::StreamStarted { .. })).await;
     assert_eq!(sim.stats().byes_sent, 0);
 }
+
+#[tokio::test]
+async fn the_first_event_receiver_sees_events_from_before_it_was_taken() {
+    let mut srv = Server::udp().await;
+    let sim = Simulator::start(base_cfg(srv.local)).await.unwrap();
+    accept_registration(&mut srv, PASSWORD).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sim.stats().registered);
+    let mut first = sim.events();
+    wait_event(&mut first, "Registered", |e| *e == SimEvent::Registered).await;
+    let mut later = sim.events();
+    assert!(later.try_recv().is_err(), "later receivers start empty");
+}

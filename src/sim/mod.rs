@@ -269,6 +269,8 @@ pub struct Simulator {
     /// The register loop, stopped first by [`Simulator::stop`].
     reg_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// The receiver created with the channel, handed to the first [`Simulator::events`] caller.
+    first_rx: Mutex<Option<broadcast::Receiver<SimEvent>>>,
 }
 
 /// One parsed copy of each media file, shared by every simulator in the process (the load harness
@@ -405,7 +407,7 @@ impl Simulator {
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
         let media = load_media(&cfg.media_file)?;
         let adv_ip = resolve_adv_ip(&cfg).await;
-        let (events, _) = broadcast::channel(4096);
+        let (events, first_rx) = broadcast::channel(4096);
         let (in_tx, in_rx) = mpsc::unbounded_channel::<(SipMessage, SocketAddr)>();
         let mut tasks = Vec::new();
         let (out, sip_local, tcp_first) = match cfg.sip_transport {
@@ -482,10 +484,16 @@ impl Simulator {
         tasks.push(tokio::spawn(dispatch_loop(sh.clone(), in_rx)));
         let reg_task = tokio::spawn(register_loop(sh.clone()));
         tasks.push(tokio::spawn(keepalive_loop(sh.clone())));
-        Ok(Simulator { sh, reg_task, tasks })
+        Ok(Simulator { sh, reg_task, tasks, first_rx: Mutex::new(Some(first_rx)) })
     }
 
+    /// Events of this device. The FIRST call returns a receiver that holds every event since
+    /// [`Simulator::start`] (up to 4096), so a fast `Registered` is never missed; later calls see
+    /// events from the moment of the call.
     pub fn events(&self) -> broadcast::Receiver<SimEvent> {
+        if let Some(rx) = self.first_rx.lock().expect("first_rx lock").take() {
+            return rx;
+        }
         self.sh.events.subscribe()
     }
 
