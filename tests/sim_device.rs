@@ -555,6 +555,8 @@ async fn stream_one_pass(transport: MediaTransport, policy: SsrcPolicy, expect_s
             stream_number: None
         }
     );
+    let seen = sim.last_request("INVITE").expect("the INVITE is kept for inspection");
+    assert_eq!(seen.header("Subject"), Some(format!("{channel}:0200000001,{SERVER_ID}:0").as_str()));
     let answer = String::from_utf8(ok.body.clone()).unwrap();
     assert_eq!(sdp_line(&answer, "y="), Some(format!("{expect_ssrc:010}").as_str()));
     assert!(sdp_line(&answer, "f=").is_some());

@@ -474,6 +474,7 @@ impl Simulator {
             reg: tokio::sync::Mutex::new(RegState { call_id: new_call_id(), cseq: 0 }),
             reg_kick: tokio::sync::Notify::new(),
             media,
+            last_requests: Mutex::new(HashMap::new()),
             cfg,
         });
         if let Some(stream) = tcp_first {
@@ -523,6 +524,12 @@ impl Simulator {
     /// The device's SIP address as put in Via and Contact.
     pub fn sip_local_addr(&self) -> SocketAddr {
         *self.sh.sip_local.lock().expect("sip_local lock")
+    }
+
+    /// The last request of `method` the device received from the server (e.g. `"INVITE"` to check
+    /// its Subject and SDP), as parsed by the simulator's own SIP codec.
+    pub fn last_request(&self, method: &str) -> Option<SipMessage> {
+        self.sh.last_requests.lock().expect("last_requests lock").get(method).cloned()
     }
 
     /// The IDs of the device's channels, in catalog order.

@@ -97,6 +97,8 @@ pub(super) struct Shared {
     pub(super) reg: tokio::sync::Mutex<RegState>,
     pub(super) reg_kick: tokio::sync::Notify,
     pub(super) media: Arc<PsFile>,
+    /// The last request received per method (wire form), for tests to inspect.
+    pub(super) last_requests: Mutex<HashMap<String, SipMessage>>,
 }
 
 pub(super) fn rand_token(n: usize) -> String {
@@ -494,6 +496,12 @@ pub(super) async fn on_request(sh: &Arc<Shared>, req: SipMessage, src: SocketAdd
     let method = req.method().unwrap_or("").to_string();
     if method == "INVITE" {
         inc(&sh.c.invites);
+    }
+    {
+        let mut last = sh.last_requests.lock().expect("last_requests lock");
+        if last.len() < 32 || last.contains_key(&method) {
+            last.insert(method.clone(), req.clone());
+        }
     }
     // Retransmission of a request we already saw (RFC 3261 §17.2.1 / §17.2.2): repeat the answer.
     if method != "ACK" {
