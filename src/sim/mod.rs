@@ -17,6 +17,7 @@
 //! - NVR channel IDs are the device ID's first 10 digits, type `132`, the device's network digit and
 //!   a 6-digit serial 1..=N; an IPC (type 131/132) has one channel whose ID is its own.
 
+pub mod cli;
 pub mod manscdp;
 pub mod ps;
 pub mod rtp;
