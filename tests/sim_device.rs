@@ -1022,3 +1022,32 @@ async fn the_first_event_receiver_sees_events_from_before_it_was_taken() {
     let mut later = sim.events();
     assert!(later.try_recv().is_err(), "later receivers start empty");
 }
+
+#[tokio::test]
+async fn dropping_a_tcp_device_closes_its_sip_connection() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = base_cfg(l.local_addr().unwrap());
+    cfg.sip_transport = SipTransport::Tcp;
+    cfg.keepalive_interval = Duration::from_millis(100);
+    let sim = Simulator::start(cfg).await.unwrap();
+    let (s, peer) = l.accept().await.unwrap();
+    let local = s.local_addr().unwrap();
+    let mut srv = Server { conn: Conn::Tcp(s, Vec::new()), peer: Some(peer), local, branch: 0 };
+    let reg = srv.expect_request("REGISTER").await;
+    srv.send(&reply(&reg, 200, "OK")).await;
+    // A keepalive left unanswered: its transaction task outlives the device handle.
+    srv.expect("a keepalive", |m| String::from_utf8_lossy(&m.body).contains("Keepalive")).await;
+    drop(sim);
+    let Conn::Tcp(mut s, _) = srv.conn else { unreachable!() };
+    let mut buf = vec![0u8; 4096];
+    let eof = timeout(Duration::from_secs(2), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "SIP connection closed at once after drop");
+}

@@ -641,10 +641,17 @@ impl Simulator {
 
 impl Drop for Simulator {
     fn drop(&mut self) {
+        self.sh.stopping.store(true, Ordering::Relaxed);
+        self.sh.silent.store(true, Ordering::Relaxed);
         abort_streams(&self.sh);
         self.reg_task.abort();
         for t in &self.tasks {
             t.abort();
+        }
+        // Close the SIP TCP connection now (its writer task ends when the queue closes) rather than
+        // when the last detached transaction task lets go of the shared state.
+        if let Outbound::Tcp(slot) = &self.sh.out {
+            slot.lock().expect("tcp slot lock").take();
         }
     }
 }
