@@ -6,14 +6,24 @@
 //! It is written independently of the gateway's `proto::sip` / `proto::rtp` / `proto::ps` (its own
 //! SIP text codec in [`sip`], SDP in [`sdp`], MANSCDP in [`manscdp`], PS slicing in [`ps`], RTP in
 //! [`rtp`]) so that the two implementations check each other. The gateway's code does not belong
-//! here, and nothing here belongs in `proto`.
+//! here, and nothing here belongs in `proto`. Layout: this file holds the public API ([`Simulator`],
+//! [`SimConfig`], [`run_until_shutdown`]); `ua.rs` the SIP user agent (transport, transactions,
+//! REGISTER, keepalive, MESSAGE answers); `dialog.rs` INVITE dialogs and streaming; [`source`] a
+//! SIP-less RTP source for media-only receivers; [`cli`] the `gbrelay sim` arguments.
 //!
 //! Documented behaviours:
 //! - Every INVITE received counts in [`SimStats::invites`], retransmissions included (they are also
 //!   counted in [`SimStats::invite_retransmissions`]); [`AnswerPolicy::NoAnswer`] answers nothing.
 //! - [`Simulator::go_silent`] stops keepalives and REGISTER refreshes; requests from the server are
 //!   still answered. [`Simulator::resume`] undoes it.
-//! - A stream whose TCP connection breaks ends with a device-initiated BYE.
+//! - A stream whose TCP connection breaks ends with a device-initiated BYE; a server that listens
+//!   (TCP passive) is connected to with retries for up to 10 s after the ACK; a server that connects
+//!   (TCP active) must do so within 10 s.
+//! - Media pacing follows the pack SCRs; each loop of the file advances SCR/PTS/DTS and the RTP
+//!   timestamp by the file's duration, and sequence numbers continue. Loss/reorder apply to UDP only.
+//! - A refresh REGISTER keeps the Call-ID; [`Simulator::reboot`] (and every new start) uses a new one.
+//!   A keepalive answered with an error, or three unanswered in a row, triggers a new REGISTER; so
+//!   does a reconnected TCP connection.
 //! - NVR channel IDs are the device ID's first 10 digits, type `132`, the device's network digit and
 //!   a 6-digit serial 1..=N; an IPC (type 131/132) has one channel whose ID is its own.
 
