@@ -55,10 +55,10 @@ pub struct SimArgs {
     /// UDP media reorder probability (e.g. 0.02).
     #[arg(long, default_value_t = 0.0)]
     pub reorder: f64,
-    /// SSRC policy: offered | zero | own:<u32>.
+    /// SSRC policy: offered | zero | own:N (N a u32).
     #[arg(long, default_value = "offered")]
     pub ssrc: SsrcPolicy,
-    /// INVITE answer: accept | refuse:<status> | no-answer | provisional.
+    /// INVITE answer: accept | refuse:CODE (e.g. refuse:486) | no-answer | provisional.
     #[arg(long, default_value = "accept")]
     pub answer: AnswerPolicy,
     #[arg(long, default_value = "Hikvision")]
