@@ -144,12 +144,18 @@ pub fn catalog_notify(sn: u32, f: &DeviceFacts<'_>, channel: &SimChannel, event:
     to_gb2312(&s)
 }
 
-/// DeviceInfo response (A.2.6.5).
+/// DeviceInfo response (A.2.6.5). Dahua devices also report `MaxCamera` / `MaxAlarm` (the field
+/// servers must keep when `Channel` is absent elsewhere).
 pub fn device_info(sn: &str, f: &DeviceFacts<'_>, name: &str, channels: usize) -> Vec<u8> {
+    let extra = if f.manufacturer.eq_ignore_ascii_case("dahua") {
+        format!("<MaxCamera>{channels}</MaxCamera>\r\n<MaxAlarm>0</MaxAlarm>\r\n")
+    } else {
+        String::new()
+    };
     to_gb2312(&format!(
         "{DECL}<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>{}</SN>\r\n<DeviceID>{}</DeviceID>\r\n\
          <Result>OK</Result>\r\n<DeviceName>{}</DeviceName>\r\n<Manufacturer>{}</Manufacturer>\r\n\
-         <Model>{}</Model>\r\n<Firmware>{}</Firmware>\r\n<Channel>{channels}</Channel>\r\n</Response>\r\n",
+         <Model>{}</Model>\r\n<Firmware>{}</Firmware>\r\n<Channel>{channels}</Channel>\r\n{extra}</Response>\r\n",
         esc(sn),
         esc(f.device_id),
         esc(name),
@@ -235,6 +241,17 @@ mod tests {
         }
         assert_eq!(names.len(), 20);
         assert_eq!(names[0], "通道01 前门");
+    }
+
+    #[test]
+    fn device_info_has_result_and_channel_and_dahua_adds_max_camera() {
+        let hik = from_gb(&device_info("3", &facts(), "NVR", 16));
+        assert_eq!(tag_text(&hik, "Result"), Some("OK"));
+        assert_eq!(tag_text(&hik, "Channel"), Some("16"));
+        assert_eq!(tag_text(&hik, "MaxCamera"), None);
+        let dahua = DeviceFacts { manufacturer: "Dahua", ..facts() };
+        let d = from_gb(&device_info("3", &dahua, "NVR", 16));
+        assert_eq!(tag_text(&d, "MaxCamera"), Some("16"));
     }
 
     #[test]
