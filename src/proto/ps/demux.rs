@@ -277,19 +277,25 @@ impl PsDemuxer {
 
     /// The transport reported lost packets (RTP sequence gap) before the bytes pushed next.
     ///
-    /// Policy: everything queued before the hole is parsed first; then the PES and the video
-    /// frame being assembled are dropped (they may miss bytes; counted as `loss_dropped_frame`),
-    /// and the demuxer resynchronises at the next pack header (one `resyncs`). Frames that follow
-    /// may reference the dropped one until the next keyframe; that is the consumer's call.
+    /// Policy: everything queued before the hole is parsed first. A PES cut by the hole is
+    /// dropped (`loss_dropped_frame`) with the frame it belongs to; if it had a new PTS it was
+    /// the start of the next frame, so the frame before it is complete and is emitted. A frame
+    /// whose PES all arrived whole is kept. Then the demuxer resynchronises at the next pack
+    /// header (one `resyncs`). Frames that follow may reference the dropped one until the next
+    /// keyframe; that is the consumer's call.
     pub fn notify_loss(&mut self) {
         while self.step(false) {}
         let off = self.input.offset();
         let rest = self.input.len();
         self.input.clear();
         self.stats.bytes_skipped += rest as u64;
-        let had_frame = self.pes.take().is_some() | self.frame.take().is_some();
-        if had_frame {
-            self.quirk("loss_dropped_frame", off, || "partial frame dropped after loss".into());
+        if let Some(pes) = self.pes.take() {
+            let frames_before = self.stats.frames_video;
+            if pes.dest == Dest::Video {
+                self.drop_partial_video(&pes);
+            }
+            let what = if self.stats.frames_video > frames_before { "PES" } else { "frame" };
+            self.quirk("loss_dropped_frame", off, || format!("partial {what} dropped after loss"));
         }
         self.aac_carry.clear();
         self.stats.resyncs += 1;
@@ -367,8 +373,7 @@ impl PsDemuxer {
                     return false;
                 }
                 let remaining = remaining - self.input.skip(remaining);
-                self.state =
-                    if remaining == 0 { State::Header } else { State::Skip { remaining } };
+                self.state = if remaining == 0 { State::Header } else { State::Skip { remaining } };
                 true
             }
         }
@@ -633,7 +638,8 @@ impl PsDemuxer {
                 Some(o) => i + o,
                 None => {
                     // A start code may straddle into the next chunk.
-                    let tail = (i.max(len.saturating_sub(2))..len).find(|&p| front[p..].iter().all(|&b| b == 0));
+                    let tail =
+                        (i.max(len.saturating_sub(2))..len).find(|&p| front[p..].iter().all(|&b| b == 0));
                     match tail {
                         Some(p) => p,
                         None => break (len, false),
@@ -642,7 +648,14 @@ impl PsDemuxer {
             };
             let mut buf = [0u8; LOOKAHEAD];
             let n = self.input.peek_into(p, &mut buf);
-            match hdr::header_plausible(&buf[..n], unbounded) {
+            // A candidate at the chunk's end may turn out not to be a start code at all.
+            let sc = n.min(3);
+            let verdict = if buf[..sc] != hdr::START_CODE[..sc] {
+                Ok(false)
+            } else {
+                hdr::header_plausible(&buf[..n], unbounded)
+            };
+            match verdict {
                 Ok(true) => break (p, true),
                 Ok(false) => i = p + 1,
                 Err(_) if eof => i = p + 1,
@@ -670,6 +683,18 @@ impl PsDemuxer {
         stop > 0
     }
 
+    /// A video PES that will not be delivered whole: if it would have started a new frame (a new
+    /// PTS), the frame before it is complete and goes out; otherwise that frame misses a part
+    /// and is dropped with it.
+    fn drop_partial_video(&mut self, pes: &PesAcc) {
+        let starts_new = pes.pts.is_some() && self.frame.as_ref().is_some_and(|f| f.pts != pes.pts);
+        if starts_new {
+            self.finish_video_frame();
+        } else {
+            self.frame = None;
+        }
+    }
+
     fn pes_add(&mut self, piece: Bytes) {
         let Some(p) = self.pes.as_mut() else { return };
         if p.overflow {
@@ -691,8 +716,7 @@ impl PsDemuxer {
         let Some(pes) = self.pes.take() else { return };
         if pes.overflow {
             if pes.dest == Dest::Video {
-                // The frame it belonged to is incomplete too.
-                self.frame = None;
+                self.drop_partial_video(&pes);
             }
             return;
         }
@@ -902,8 +926,7 @@ impl PsDemuxer {
     fn audio_pts(&mut self, raw: Option<u64>, dur: i64, off: u64) -> Option<i64> {
         match raw {
             Some(p) => {
-                let (pts, _, ev) =
-                    self.timeline.map(&mut self.aclock, &mut self.vclock, p, p, dur.max(1));
+                let (pts, _, ev) = self.timeline.map(&mut self.aclock, &mut self.vclock, p, p, dur.max(1));
                 self.clock_event(ev, off);
                 Some(pts)
             }

@@ -115,8 +115,7 @@ pub(crate) fn parse_adts(b: &[u8]) -> Option<Adts> {
         return None;
     }
     let sample_rate = *ADTS_RATES.get(usize::from((b[2] >> 2) & 0x0f))?;
-    let frame_len =
-        (usize::from(b[3] & 0x03) << 11) | (usize::from(b[4]) << 3) | usize::from(b[5] >> 5);
+    let frame_len = (usize::from(b[3] & 0x03) << 11) | (usize::from(b[4]) << 3) | usize::from(b[5] >> 5);
     let header = if b[1] & 0x01 == 0 { 9 } else { 7 };
     if frame_len < header {
         return None;

@@ -50,7 +50,11 @@ pub struct PesSpec {
 /// One structure of a program stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unit {
-    Pack { scr: u64, mux_rate: u32, stuffing: Vec<u8> },
+    Pack {
+        scr: u64,
+        mux_rate: u32,
+        stuffing: Vec<u8>,
+    },
     /// A system header, kept verbatim.
     SystemHeader(Bytes),
     Psm(PsmSpec),
@@ -79,9 +83,7 @@ pub fn parse(ps: &[u8]) -> Result<Vec<Unit>, ParseError> {
             return Err(ParseError::Invalid { offset: i, expected: "start code" });
         }
         let at = |e: ParseError| match e {
-            ParseError::Invalid { offset, expected } => {
-                ParseError::Invalid { offset: offset + i, expected }
-            }
+            ParseError::Invalid { offset, expected } => ParseError::Invalid { offset: offset + i, expected },
             other => other,
         };
         match b[3] {
@@ -113,6 +115,9 @@ pub fn parse(ps: &[u8]) -> Result<Vec<Unit>, ParseError> {
                     hdr::PROGRAM_STREAM_MAP => units.push(Unit::Psm(read_psm(&whole).map_err(at)?)),
                     0xC0..=0xEF => {
                         let h = hdr::parse_pes_header(b).map_err(at)?;
+                        if h.packet_len == 0 {
+                            return Err(ParseError::Invalid { offset: i + 4, expected: "bounded PES" });
+                        }
                         units.push(Unit::Pes(PesSpec {
                             stream_id: id,
                             pts: h.pts,
@@ -368,7 +373,8 @@ pub fn map_psm(mut units: Vec<Unit>, mut f: impl FnMut(&mut PsmSpec)) -> Vec<Uni
 
 /// Hikvision-style descriptors: a program descriptor and one per entry, bodies starting "HK".
 pub fn hk_descriptors(p: &mut PsmSpec) {
-    p.info = vec![0x40, 0x0e, b'H', b'K', 0x01, 0x00, 0x0d, 0x8c, 0x28, 0x3e, 0x0e, 0x00, 0x0f, 0xff, 0xff, 0xff];
+    p.info =
+        vec![0x40, 0x0e, b'H', b'K', 0x01, 0x00, 0x0d, 0x8c, 0x28, 0x3e, 0x0e, 0x00, 0x0f, 0xff, 0xff, 0xff];
     for e in &mut p.entries {
         e.descriptors = vec![0x42, 0x0e, b'H', b'K', 0, 0x20, 0x05, 0x00, 0x02, 0xd0, 0xff, 0xff, 0, 0, 0, 0];
     }
@@ -390,7 +396,10 @@ pub fn pack_stuffing(mut units: Vec<Unit>, bytes: &[u8]) -> Vec<Unit> {
 }
 
 /// Insert `garbage(k)` before the k-th pack header for every k where it returns bytes.
-pub fn garbage_before_packs(units: Vec<Unit>, mut garbage: impl FnMut(usize) -> Option<Vec<u8>>) -> Vec<Unit> {
+pub fn garbage_before_packs(
+    units: Vec<Unit>,
+    mut garbage: impl FnMut(usize) -> Option<Vec<u8>>,
+) -> Vec<Unit> {
     let mut out = Vec::with_capacity(units.len() + 16);
     let mut k = 0;
     for u in units {
