@@ -36,7 +36,7 @@ fn parse_tag(t: &FlvTag) -> (u8, usize, u32, &[u8]) {
 fn avcc(au: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     for n in split_annexb(au) {
-        if !matches!(h264_type(n), Some(7 | 8 | 9)) {
+        if !matches!(h264_type(n), Some(7..=9)) {
             v.extend_from_slice(&(n.len() as u32).to_be_bytes());
             v.extend_from_slice(n);
         }
@@ -257,8 +257,11 @@ fn video_before_parameter_sets_is_dropped() {
     assert_eq!(tags.len(), 3);
 }
 
-/// Walk TS packets: (pid, pusi, has_payload, cc, adaptation field bytes, payload).
-fn packets(buf: &[u8]) -> Vec<(u16, bool, bool, u8, Vec<u8>, Vec<u8>)> {
+/// One TS packet: (pid, pusi, has_payload, cc, adaptation field bytes, payload).
+type Packet = (u16, bool, bool, u8, Vec<u8>, Vec<u8>);
+
+/// Walk TS packets.
+fn packets(buf: &[u8]) -> Vec<Packet> {
     assert_eq!(buf.len() % 188, 0);
     buf.chunks(188)
         .map(|p| {

@@ -402,7 +402,9 @@ mod tests {
     fn builds_avcc_with_known_layout() {
         let sps = Bytes::from_static(&HD_SPS);
         let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x20]);
-        let cfg = AvcDecoderConfig::from_parameter_sets(&[sps.clone()], &[pps.clone()]).unwrap();
+        let cfg =
+            AvcDecoderConfig::from_parameter_sets(std::slice::from_ref(&sps), std::slice::from_ref(&pps))
+                .unwrap();
         let mut expect = vec![0x01, 0x4d, 0x40, 0x28, 0xff, 0xe1, 0x00, 0x1a];
         expect.extend_from_slice(&sps);
         expect.extend_from_slice(&[0x01, 0x00, 0x05, 0x68, 0xeb, 0xe3, 0xcb, 0x20]);
