@@ -454,3 +454,33 @@ fn hls_drops_video_before_the_first_keyframe() {
     assert_eq!(h.segments().len(), 2);
     assert_eq!(h.segments()[0].duration_90k, 25 * 3600);
 }
+
+#[test]
+fn extreme_and_backward_timestamps_never_panic_and_keep_ts_packets_whole() {
+    let real = video_frames(H264, Codec::H264, 0);
+    let aac = aac_frames(AAC, 0);
+    let times = [i64::MIN, -1, 0, i64::MAX, 1 << 33, (1 << 33) - 1, -(1 << 40), 5];
+    let mut flv = FlvMuxer::new(FlvOptions::default());
+    let mut ts = TsMuxer::new();
+    let mut hls = HlsSegmenter::new(HlsOptions { target_duration_90k: 1, window: 2, vod: false });
+    let mut tags = Vec::new();
+    let mut out = Vec::new();
+    for (i, &t) in times.iter().enumerate() {
+        for src in [&real[i % 2 * 25], &aac[i]] {
+            let mut f = src.clone();
+            f.dts = t;
+            f.pts = times[(i + 3) % times.len()];
+            f.discontinuity = i % 3 == 0;
+            flv.push(&f, &mut tags);
+            ts.push(&f, &mut out);
+            hls.push(&f);
+        }
+    }
+    hls.finish();
+    assert_eq!(out.len() % 188, 0);
+    assert!(tags.windows(2).all(|w| w[0].kind != TagKind::Video
+        || w[1].kind != TagKind::Video
+        || w[1].timestamp_ms >= w[0].timestamp_ms));
+    assert!(hls.segments().iter().all(|s| s.duration_90k >= 1 && s.data.len() % 188 == 0));
+    assert!(hls.playlist().starts_with("#EXTM3U\n"));
+}

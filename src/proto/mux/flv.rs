@@ -313,7 +313,7 @@ impl FlvMuxer {
 
     fn ts_ms(&mut self, dts: i64, video: bool) -> u32 {
         let base = *self.base_dts.get_or_insert(dts);
-        let ms = ((dts - base).max(0) / 90).min(i64::from(u32::MAX)) as u32;
+        let ms = (dts.saturating_sub(base).max(0) / 90).min(i64::from(u32::MAX)) as u32;
         let last = if video { &mut self.last_video_ms } else { &mut self.last_audio_ms };
         let ms = ms.max(*last);
         *last = ms;
@@ -447,7 +447,7 @@ impl FlvMuxer {
         if self.nal_ranges.is_empty() {
             return;
         }
-        let cts = (frame.cts() / 90).clamp(-(1 << 23), (1 << 23) - 1) as i32;
+        let cts = (frame.pts.saturating_sub(frame.dts) / 90).clamp(-(1 << 23), (1 << 23) - 1) as i32;
         let cts_bytes = cts.to_be_bytes();
         let frame_type: u8 = if frame.keyframe { 1 } else { 2 };
         let enhanced = codec == Codec::H265 && self.opts.hevc == HevcMode::Enhanced;
@@ -525,7 +525,7 @@ impl FlvMuxer {
                 timestamp_ms: ts,
             });
             pos = end;
-            dts += h.duration_90k();
+            dts = dts.saturating_add(h.duration_90k());
             first = false;
         }
     }

@@ -130,7 +130,7 @@ impl HlsSegmenter {
         match &self.open {
             None => self.open_segment(frame.dts),
             Some(seg) => {
-                let due = frame.dts - seg.start_dts >= self.opts.target_duration_90k;
+                let due = frame.dts.saturating_sub(seg.start_dts) >= self.opts.target_duration_90k;
                 if self.pending_discontinuity && (cut_point || video) {
                     let end = self.estimated_end();
                     self.close_segment(end);
@@ -142,7 +142,7 @@ impl HlsSegmenter {
             }
         }
         if let Some(prev) = self.last_dts {
-            let step = frame.dts - prev;
+            let step = frame.dts.saturating_sub(prev);
             if step > 0 && (video || !self.have_video) {
                 self.last_step = step;
             }
@@ -156,7 +156,7 @@ impl HlsSegmenter {
     }
 
     fn estimated_end(&self) -> i64 {
-        self.last_dts.map_or(0, |d| d + self.last_step.max(0))
+        self.last_dts.map_or(0, |d| d.saturating_add(self.last_step.max(0)))
     }
 
     fn open_segment(&mut self, dts: i64) {
@@ -176,7 +176,7 @@ impl HlsSegmenter {
         self.size_hint = seg.buf.len() + seg.buf.len() / 4;
         self.segments.push(Segment {
             seq: self.next_seq,
-            duration_90k: (end_dts - seg.start_dts).max(1),
+            duration_90k: end_dts.saturating_sub(seg.start_dts).max(1),
             data: Bytes::from(seg.buf),
             discontinuity: seg.discontinuity,
         });
@@ -215,7 +215,8 @@ impl HlsSegmenter {
         let longest = listed.iter().map(|s| s.duration_90k).max();
         // §4.3.3.1: the EXTINF duration of each segment, rounded to the nearest integer, must
         // be ≤ the target duration; we use the ceiling of the longest.
-        let target = (longest.unwrap_or(self.opts.target_duration_90k).max(1) + 89_999) / 90_000;
+        let d = longest.unwrap_or(self.opts.target_duration_90k).max(1);
+        let target = d / 90_000 + i64::from(d % 90_000 != 0);
         let first_seq = listed.first().map_or(self.next_seq, |s| s.seq);
         // Discontinuity tags before the first listed segment: dropped ones, plus any stored but
         // outside the window.

@@ -59,7 +59,7 @@ fn stream_type(codec: Codec) -> Option<u8> {
 
 /// 33-bit timestamp of an input time.
 fn ts33(t: i64) -> u64 {
-    (t + TS_OFFSET).rem_euclid(1 << 33) as u64
+    t.wrapping_add(TS_OFFSET).rem_euclid(1 << 33) as u64
 }
 
 /// PTS/DTS field (§2.4.3.7): 4-bit prefix, 3 marker bits.
@@ -235,7 +235,7 @@ impl TsMuxer {
         }
 
         let pcr = if video || self.video.is_none() {
-            Some((frame.dts + TS_OFFSET - PCR_DELAY).rem_euclid(1 << 33) as u64)
+            Some(frame.dts.wrapping_add(TS_OFFSET - PCR_DELAY).rem_euclid(1 << 33) as u64)
         } else {
             None
         };
