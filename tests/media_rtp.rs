@@ -84,7 +84,10 @@ fn parse_rejects_csrc_list_past_end() {
 
 #[test]
 fn parse_rejects_extension_past_end() {
-    assert_eq!(parse(raw(0x90, &[0, 0])), Err(RtpError::ExtensionOverrun { offset: 12, needed: 16, len: 14 }));
+    assert_eq!(
+        parse(raw(0x90, &[0, 0])),
+        Err(RtpError::ExtensionOverrun { offset: 12, needed: 16, len: 14 })
+    );
     assert_eq!(
         parse(raw(0x90, &[0, 0, 0, 3, 1, 2, 3, 4])),
         Err(RtpError::ExtensionOverrun { offset: 12, needed: 28, len: 20 })

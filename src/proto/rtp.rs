@@ -267,7 +267,9 @@ pub enum Delivery {
     Packet(RtpPacket),
     /// `lost` consecutive sequence numbers were given up (after the wait, or because the window was
     /// full). The consumer should drop any partial frame.
-    Gap { lost: u16 },
+    Gap {
+        lost: u16,
+    },
 }
 
 /// Counters of a [`ReorderWindow`]. `received` = `delivered + duplicate + late + stray +` what is
@@ -604,7 +606,11 @@ impl ReorderWindow {
         if let Some(next) = self.next {
             for (i, s) in self.slots.iter().enumerate() {
                 if let Some(s) = s {
-                    assert!(s.ext >= next && s.ext < next + self.depth as u64, "slot ext {} outside window", s.ext);
+                    assert!(
+                        s.ext >= next && s.ext < next + self.depth as u64,
+                        "slot ext {} outside window",
+                        s.ext
+                    );
                     assert_eq!(self.slot_of(s.ext), i, "slot index matches ext");
                     assert_eq!(s.ext as u16, s.pkt.seq, "slot ext matches seq");
                 }
@@ -617,7 +623,12 @@ impl ReorderWindow {
         // `delivered` counts packets moved to `ready` too.
         assert_eq!(
             st.received,
-            st.delivered + st.duplicate + st.late + st.stray + self.buffered as u64 + u64::from(self.probe.is_some()),
+            st.delivered
+                + st.duplicate
+                + st.late
+                + st.stray
+                + self.buffered as u64
+                + u64::from(self.probe.is_some()),
             "received = delivered + duplicate + late + stray + held: {st:?}, buffered {}, ready {ready_pkts}",
             self.buffered
         );
