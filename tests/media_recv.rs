@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use gbrelay::config::{MediaConfig, PortRange, Transport};
-use gbrelay::media::{MediaError, MediaEvent, MediaServer, MediaSession, OpenRequest, PortChoice};
+use gbrelay::media::{
+    MediaError, MediaEvent, MediaServer, MediaSession, OpenRequest, PortChoice, EVENT_QUEUE,
+};
 use gbrelay::proto::rtp::{frame_4571, RtpPacket};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -353,4 +355,48 @@ async fn udp_loss_and_reorder_give_ordered_payloads_loss_events_and_counters() {
     let c = a.counters.snapshot();
     assert_eq!((c.lost, c.reordered, c.duplicate, c.late), (3, 5, 1, 0), "{c:?}");
     assert_eq!(c.packets, 98);
+}
+
+#[tokio::test]
+async fn lagging_consumer_loses_payloads_as_a_counted_loss_not_memory() {
+    let m = MediaServer::start(&cfg(Some(free_range(2)))).await.unwrap();
+    let mut a = m.open(req(Transport::TcpPassive, PortChoice::Pool, "a")).await.unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", a.port)).await.unwrap();
+    let extra = 76u16;
+    let n = EVENT_QUEUE as u16 + extra;
+    c.write_all(&framed(0..n, 0, b'l')).await.unwrap();
+    // Wait until the reader has taken every packet while nobody reads the events.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.counters.snapshot().packets < u64::from(n) {
+        assert!(tokio::time::Instant::now() < deadline, "reader did not take the packets");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.counters.snapshot().overflow, u64::from(extra));
+    let (p, lost) = payloads(&mut a, EVENT_QUEUE).await;
+    assert_eq!((p.len(), lost), (EVENT_QUEUE, 0));
+    // The next payload is preceded by a Loss covering what was dropped.
+    c.write_all(&framed(n..n + 1, 0, b'm')).await.unwrap();
+    assert_eq!(next_event(&mut a).await, MediaEvent::Loss { lost: u32::from(extra) });
+    assert_eq!(next_event(&mut a).await, MediaEvent::Payload(Bytes::from(vec![b'm'; 30])));
+}
+
+#[tokio::test]
+async fn shared_tcp_passive_refuses_unknown_ssrc_when_several_streams_wait() {
+    let m = MediaServer::start(&cfg(None)).await.unwrap();
+    let mut a = m.open(req(Transport::TcpPassive, PortChoice::Shared, "a")).await.unwrap();
+    let mut b = m.open(req(Transport::TcpPassive, PortChoice::Shared, "b")).await.unwrap();
+    let mut c = TcpStream::connect(shared_addr(&m)).await.unwrap();
+    c.write_all(&framed(0..3, 0x4242, b'u')).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "connection with an SSRC of no stream is closed");
+    no_event(&mut a).await;
+    no_event(&mut b).await;
+    // The answer SSRC identifies a connection too.
+    assert!(b.set_answer_ssrc(0x4242));
+    let mut c = TcpStream::connect(shared_addr(&m)).await.unwrap();
+    c.write_all(&framed(0..3, 0x4242, b'v')).await.unwrap();
+    let (p, _) = payloads(&mut b, 3).await;
+    assert_eq!(p[0][0], b'v');
+    assert_eq!(a.counters.snapshot().connections, 0);
 }

@@ -128,14 +128,13 @@ pub enum PortChoice {
 #[derive(Debug, Clone, Default)]
 pub struct OpenRequest {
     pub transport: Transport,
-    /// SSRC to offer; `None` allocates one (GB/T 28181 scheme, [`MediaServer::start_with_server_id`]).
+    /// SSRC to offer; `None` allocates a live one (`0…`, GB/T 28181 scheme,
+    /// [`MediaServer::start_with_server_id`]); a playback stream passes its own `1…` SSRC.
     /// On the shared port a given SSRC must not be in use or in quarantine.
     pub ssrc: Option<u32>,
     pub port: PortChoice,
     /// For logs (e.g. "34020000001180000001/34020000001320000001" or "rtp/cam1").
     pub label: String,
-    /// Playback / download stream: the allocated SSRC starts with 1 instead of 0.
-    pub playback: bool,
 }
 
 /// What a stream delivers, in order.
@@ -429,7 +428,6 @@ impl Inner {
                 st.ssrcs.release(now, o);
             }
         }
-        metrics().streams_active.dec();
         tracing::debug!(stream = %s.label, port = s.port, "media session released");
     }
 
@@ -572,7 +570,7 @@ impl MediaServer {
                     (Some(ssrc), true)
                 }
                 Some(ssrc) => (Some(ssrc), false),
-                None => match st.ssrcs.allocate(now, req.playback) {
+                None => match st.ssrcs.allocate(now, false) {
                     Some(s) => (Some(s), true),
                     None => {
                         undo(&mut st);
@@ -649,7 +647,6 @@ impl MediaServer {
         });
         st.sessions.insert(id, session.clone());
         drop(st);
-        metrics().streams_active.inc();
 
         match (binding, req.transport, sock) {
             (Binding::Shared, Transport::Udp, _) => {

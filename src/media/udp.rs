@@ -114,18 +114,26 @@ pub(crate) async fn shared_udp_loop(inner: Arc<Inner>, sock: UdpSocket) {
                 continue;
             }
         };
-        let route = inner.udp_routes.read().expect("routes lock").get(&pkt.ssrc).cloned();
-        match route {
-            Some(r) => {
-                r.session.count_packet(pkt.ssrc, n);
-                if r.tx.try_send((now_std(), pkt)).is_err() {
-                    // The stream task is behind: the window will see this packet as lost.
-                    r.session.counters.overflow.fetch_add(1, Relaxed);
-                    dropped("queue_full");
+        // Route under the read lock: no clone of the route per packet.
+        let unrouted = {
+            let routes = inner.udp_routes.read().expect("routes lock");
+            match routes.get(&pkt.ssrc) {
+                Some(r) => {
+                    r.session.count_packet(pkt.ssrc, n);
+                    if r.tx.try_send((now_std(), pkt)).is_err() {
+                        // The stream task is behind: the window will see this packet as lost.
+                        r.session.counters.overflow.fetch_add(1, Relaxed);
+                        dropped("queue_full");
+                    }
+                    None
                 }
+                None => Some(pkt),
             }
-            None if inner.ssrc_resting(pkt.ssrc) => dropped("quarantined_ssrc"),
-            None => {
+        };
+        match unrouted {
+            None => {}
+            Some(pkt) if inner.ssrc_resting(pkt.ssrc) => dropped("quarantined_ssrc"),
+            Some(pkt) => {
                 dropped("unknown_ssrc");
                 metrics().ssrc_mismatches.inc();
                 if ROUTING_LOG.allow() {
