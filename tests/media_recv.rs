@@ -400,3 +400,46 @@ async fn shared_tcp_passive_refuses_unknown_ssrc_when_several_streams_wait() {
     assert_eq!(p[0][0], b'v');
     assert_eq!(a.counters.snapshot().connections, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn quarantine_runs_on_the_tokio_clock_and_releases_in_order() {
+    // TCP active pool streams hold a pool port without binding it: no IO, so the paused clock is
+    // exact.
+    let range = free_range(3);
+    let m = MediaServer::start(&cfg(Some(range))).await.unwrap();
+    let open = || m.open(req(Transport::TcpActive, PortChoice::Pool, "q"));
+    let (a, b, c) = (open().await.unwrap(), open().await.unwrap(), open().await.unwrap());
+    let (pa, pb) = (a.port, b.port);
+    drop(b);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    drop(a);
+    assert!(matches!(open().await.err(), Some(MediaError::PoolExhausted { .. })));
+    tokio::time::advance(Duration::from_millis(299)).await;
+    assert!(open().await.is_err(), "b rests until 400 ms after its release");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let d = open().await.unwrap();
+    assert_eq!(d.port, pb, "first released, first back");
+    assert!(open().await.is_err(), "a still rests");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(open().await.unwrap().port, pa);
+    drop(c);
+}
+
+#[tokio::test]
+async fn udp_gap_is_given_up_after_reorder_wait_not_later() {
+    let m = MediaServer::start(&cfg(Some(free_range(2)))).await.unwrap();
+    let mut a = m.open(req(Transport::Udp, PortChoice::Pool, "a")).await.unwrap();
+    let dev = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for s in [1u16, 2, 4] {
+        dev.send_to(&rtp(s, 0, &[s as u8]), ("127.0.0.1", a.port)).await.unwrap();
+    }
+    let (p, _) = payloads(&mut a, 2).await;
+    assert_eq!(p, vec![Bytes::from_static(&[1]), Bytes::from_static(&[2])]);
+    let t = tokio::time::Instant::now();
+    assert_eq!(next_event(&mut a).await, MediaEvent::Loss { lost: 1 });
+    let waited = t.elapsed();
+    assert_eq!(next_event(&mut a).await, MediaEvent::Payload(Bytes::from_static(&[4])));
+    // reorder_wait is 150 ms in these tests; allow scheduling slack but no long stall.
+    assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(450), "{waited:?}");
+    assert_eq!(a.counters.snapshot().lost, 1);
+}
