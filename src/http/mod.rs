@@ -1,1 +1,3 @@
 //! Placeholder: filled in by its owner (see lib.rs layer map).
+
+pub mod devices;
