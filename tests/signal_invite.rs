@@ -26,7 +26,16 @@ async fn setup_device(tcp: bool) -> (SignalHandle, Store, Ua) {
     };
     assert_eq!(ua.register(3600).await.status(), Some(200));
     store
-        .replace_channels(NVR, &[ChannelRecord { device_id: NVR.into(), id: CH.into(), name: "门口".into(), status: "ON".into(), ..Default::default() }])
+        .replace_channels(
+            NVR,
+            &[ChannelRecord {
+                device_id: NVR.into(),
+                id: CH.into(),
+                name: "门口".into(),
+                status: "ON".into(),
+                ..Default::default()
+            }],
+        )
         .unwrap();
     // Answer the registration's queries so they do not linger.
     for _ in 0..2 {
@@ -159,13 +168,18 @@ async fn no_answer_times_out_at_the_deadline_with_timer_a_retransmissions_and_no
         tokio::spawn(async move { h2.invite(req).await })
     };
     let mut invites = vec![];
-    while let Some(m) = ua.request(|m| m.method() == "INVITE" || m.method() == "CANCEL", Duration::from_millis(3500)).await {
+    while let Some(m) =
+        ua.request(|m| m.method() == "INVITE" || m.method() == "CANCEL", Duration::from_millis(3500)).await
+    {
         assert_eq!(m.method(), "INVITE", "no CANCEL without a provisional response (RFC 3261 §9.1)");
         invites.push(t0.elapsed());
     }
     // Sent at 0, then Timer A at 0.5 s and 1.5 s; the deadline (2.2 s) comes before 3.5 s.
     assert_eq!(invites.len(), 3, "{invites:?}");
-    assert!(invites[1] >= Duration::from_millis(450) && invites[2] >= Duration::from_millis(1400), "{invites:?}");
+    assert!(
+        invites[1] >= Duration::from_millis(450) && invites[2] >= Duration::from_millis(1400),
+        "{invites:?}"
+    );
     assert_eq!(res.await.unwrap().unwrap_err(), InviteError::Timeout);
 }
 

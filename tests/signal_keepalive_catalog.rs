@@ -87,7 +87,10 @@ async fn a_64_channel_catalog_in_several_gb2312_messages_arrives_whole_with_chin
     let (h, _j) = start(test_config(), store.clone()).await;
     let mut ua = Ua::tcp(NVR, "12345678", h.local_sip_addr()).await;
     assert_eq!(ua.register(3600).await.status(), Some(200));
-    let q = ua.request(|m| String::from_utf8_lossy(&m.body).contains("<CmdType>Catalog</CmdType>"), S).await.unwrap();
+    let q = ua
+        .request(|m| String::from_utf8_lossy(&m.body).contains("<CmdType>Catalog</CmdType>"), S)
+        .await
+        .unwrap();
     ua.answer(&q, 200, None).await;
     let sn = match gbrelay::proto::gb::manscdp::parse(&q.body).unwrap() {
         gbrelay::proto::gb::manscdp::Manscdp::Other { sn, .. } => sn,
@@ -120,7 +123,11 @@ async fn a_64_channel_catalog_in_several_gb2312_messages_arrives_whole_with_chin
     let mut on = all[6].clone();
     on.event = Some("ON".into());
     let notify = gbrelay::proto::gb::manscdp::build_catalog_response(99, NVR, 3, &[add, del, on]);
-    let notify = encoding_rs::GBK.decode(&notify).0.replace("<Response>", "<Notify>").replace("</Response>", "</Notify>");
+    let notify = encoding_rs::GBK
+        .decode(&notify)
+        .0
+        .replace("<Response>", "<Notify>")
+        .replace("</Response>", "</Notify>");
     assert_eq!(ua.message(&encode_gb2312(&notify)).await.unwrap().status(), Some(200));
     assert!(eventually(S, || store.get_channel(NVR, "34020000001320000065").unwrap().is_some()).await);
     assert!(store.get_channel(NVR, "34020000001320000001").unwrap().is_none());

@@ -16,7 +16,12 @@ async fn udp_register_is_challenged_then_accepted_with_date_and_expires() {
     let store = Store::open_in_memory().unwrap();
     let (h, _j) = start(test_config(), store.clone()).await;
     let mut ua = Ua::udp(NVR, "12345678", h.local_sip_addr()).await;
-    let first = ua.request_bytes("REGISTER", &format!("Contact: <sip:{NVR}@{}>\r\nExpires: 3600\r\n", ua.local), None, b"");
+    let first = ua.request_bytes(
+        "REGISTER",
+        &format!("Contact: <sip:{NVR}@{}>\r\nExpires: 3600\r\n", ua.local),
+        None,
+        b"",
+    );
     ua.send(&first).await;
     let r = ua.response("REGISTER", S).await.unwrap();
     assert_eq!(r.status(), Some(401));
@@ -35,7 +40,9 @@ async fn udp_register_is_challenged_then_accepted_with_date_and_expires() {
     assert_eq!(rec.state.transport, "udp");
     assert_eq!(rec.state.remote, ua.local.to_string());
     // The registration triggers a Catalog and a DeviceInfo query to the address it came from.
-    let q = ua.request(|m| m.method() == "MESSAGE" && String::from_utf8_lossy(&m.body).contains("Catalog"), S).await;
+    let q = ua
+        .request(|m| m.method() == "MESSAGE" && String::from_utf8_lossy(&m.body).contains("Catalog"), S)
+        .await;
     assert!(q.is_some());
 }
 
@@ -126,8 +133,11 @@ async fn malformed_sip_is_dropped_or_400_and_the_server_keeps_serving() {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             let mut statuses = vec![];
-            while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(1000), sock.recv_from(&mut buf)).await {
-                let m = gbrelay::proto::sip::Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            while let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(1000), sock.recv_from(&mut buf)).await
+            {
+                let m =
+                    gbrelay::proto::sip::Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
                 statuses.push(m.status());
             }
             statuses
@@ -141,13 +151,19 @@ async fn malformed_sip_is_dropped_or_400_and_the_server_keeps_serving() {
         reg.replace("Content-Length: 0", "Content-Length: 500").into_bytes(),
         reg.replace("Content-Length: 0", "Content-Length: zz").into_bytes(),
         (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect(),
-        format!("REGISTER sip:a@b SIP/2.0\r\n{}\r\n", "X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(500)).into_bytes(),
+        format!(
+            "REGISTER sip:a@b SIP/2.0\r\n{}\r\n",
+            "X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(500)
+        )
+        .into_bytes(),
         reg.replace(&format!("From: <sip:{NVR}@{DOMAIN}>;tag=1\r\n"), "").into_bytes(),
         b"\r\n\r\n".to_vec(),
         vec![],
     ];
     for i in 0..300u32 {
-        garbage.push(reg.replace("Call-ID: x", &format!("Call-ID: flood{i}")).replace(NVR, "not-a-gb-id").into_bytes());
+        garbage.push(
+            reg.replace("Call-ID: x", &format!("Call-ID: flood{i}")).replace(NVR, "not-a-gb-id").into_bytes(),
+        );
     }
     for (i, g) in garbage.iter().enumerate() {
         sock.send_to(g, addr).await.unwrap();

@@ -49,7 +49,11 @@ impl Offer<'_> {
         let _ = write!(s, "v=0\r\no={} 0 0 IN {ipv} {}\r\n", self.server_id, self.media_ip);
         match self.playback {
             Some((ch, start, end)) => {
-                let _ = write!(s, "s=Playback\r\nu={ch}:0\r\nc=IN {ipv} {}\r\nt={start} {end}\r\n", self.media_ip);
+                let _ = write!(
+                    s,
+                    "s=Playback\r\nu={ch}:0\r\nc=IN {ipv} {}\r\nt={start} {end}\r\n",
+                    self.media_ip
+                );
             }
             None => {
                 let _ = write!(s, "s=Play\r\nc=IN {ipv} {}\r\nt=0 0\r\n", self.media_ip);
@@ -171,18 +175,21 @@ impl Sdp {
                 }
                 b'm' => {
                     let p: Vec<&str> = v.split_whitespace().collect();
-                    let ml = match (p.first(), p.get(1).and_then(|x| x.split('/').next()?.parse().ok()), p.get(2)) {
-                        (Some(kind), Some(port), Some(proto)) => Some(MediaLine {
-                            kind: kind.to_string(),
-                            port,
-                            proto: proto.to_string(),
-                            formats: p[3..].iter().map(|s| s.to_string()).collect(),
-                        }),
-                        _ => None,
-                    };
+                    let ml =
+                        match (p.first(), p.get(1).and_then(|x| x.split('/').next()?.parse().ok()), p.get(2))
+                        {
+                            (Some(kind), Some(port), Some(proto)) => Some(MediaLine {
+                                kind: kind.to_string(),
+                                port,
+                                proto: proto.to_string(),
+                                formats: p[3..].iter().map(|s| s.to_string()).collect(),
+                            }),
+                            _ => None,
+                        };
                     if let Some(ml) = ml {
                         // Prefer the video line; attributes after a later audio line are ignored.
-                        in_media = first_media.is_none() || ml.kind == "video" && first_media.as_ref().is_some_and(|m| m.kind != "video");
+                        in_media = first_media.is_none()
+                            || ml.kind == "video" && first_media.as_ref().is_some_and(|m| m.kind != "video");
                         if in_media {
                             first_media = Some(ml);
                         }
@@ -193,7 +200,9 @@ impl Sdp {
                 b'a' => {
                     let (name, val) = v.split_once(':').unwrap_or((v, ""));
                     match name {
-                        "recvonly" | "sendonly" | "sendrecv" | "inactive" => sdp.direction = Some(name.to_owned()),
+                        "recvonly" | "sendonly" | "sendrecv" | "inactive" => {
+                            sdp.direction = Some(name.to_owned())
+                        }
                         "setup" => {
                             sdp.setup = match val.trim().to_ascii_lowercase().as_str() {
                                 "active" => Some(Setup::Active),
@@ -210,7 +219,9 @@ impl Sdp {
                                 }
                             }
                         }
-                        "streamnumber" | "stream" => sdp.stream_number = val.trim().parse().ok().or(sdp.stream_number),
+                        "streamnumber" | "stream" => {
+                            sdp.stream_number = val.trim().parse().ok().or(sdp.stream_number)
+                        }
                         _ => sdp.other.push(line.to_owned()),
                     }
                 }

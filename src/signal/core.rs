@@ -8,8 +8,8 @@ use super::transport::{NetEvent, Peer, Transports};
 use super::{InviteError, InviteRequest, Shared, SignalError};
 use crate::config::{Config, Transport};
 use crate::metrics::{metrics, reason, sip, LogLimiter};
-use crate::proto::gb::manscdp::{self, CatalogItem, Manscdp};
 use crate::proto::gb::is_gb_id;
+use crate::proto::gb::manscdp::{self, CatalogItem, Manscdp};
 use crate::proto::sdp::{MediaTransport, Offer, Sdp};
 use crate::proto::sip::digest::{self, NonceCheck, NonceIssuer};
 use crate::proto::sip::message::{branch, build_response, Message};
@@ -84,9 +84,23 @@ struct InviteCtx {
 }
 
 enum Txn {
-    Query { client: NonInviteClient, peer: Peer, reply: Option<oneshot::Sender<Result<(), SignalError>>>, device: String },
-    Bye { client: NonInviteClient, peer: Peer, reply: Option<oneshot::Sender<()>> },
-    Invite { client: Box<InviteClient>, peer: Peer, ctx: Option<InviteCtx>, device: String },
+    Query {
+        client: NonInviteClient,
+        peer: Peer,
+        reply: Option<oneshot::Sender<Result<(), SignalError>>>,
+        device: String,
+    },
+    Bye {
+        client: NonInviteClient,
+        peer: Peer,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    Invite {
+        client: Box<InviteClient>,
+        peer: Peer,
+        ctx: Option<InviteCtx>,
+        device: String,
+    },
 }
 
 struct Sess {
@@ -169,7 +183,11 @@ impl Core {
         }
     }
 
-    pub(crate) async fn run(mut self, mut net: mpsc::Receiver<NetEvent>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    pub(crate) async fn run(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    ) {
         if let Err(e) = self.store.mark_all_offline() {
             tracing::warn!("store: {e}");
         }
@@ -255,7 +273,14 @@ impl Core {
         }
     }
 
-    fn reply(&mut self, req: &Message, peer: Peer, code: u16, extra: &[(&str, String)], body: Option<(&str, &[u8])>) {
+    fn reply(
+        &mut self,
+        req: &Message,
+        peer: Peer,
+        code: u16,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) {
         let tag = format!("{:08x}", hash(req.call_id().unwrap_or("")) as u32);
         let ip = peer.addr().ip().to_string();
         let data = build_response(req, code, Some(&tag), Some((&ip, peer.addr().port())), extra, body);
@@ -267,7 +292,12 @@ impl Core {
         let method = msg.method();
         metrics().sip_messages.get_or_create(&sip(&method, "request", "in")).inc();
         // RFC 3261 §8.1.1: the mandatory headers; without them we cannot answer meaningfully.
-        if msg.top_via().is_none() || msg.from().is_none() || msg.to().is_none() || msg.call_id().is_none() || msg.cseq().is_none() {
+        if msg.top_via().is_none()
+            || msg.from().is_none()
+            || msg.to().is_none()
+            || msg.call_id().is_none()
+            || msg.cseq().is_none()
+        {
             metrics().sip_malformed.get_or_create(&reason("missing_header")).inc();
             if msg.top_via().is_some() {
                 self.reply(&msg, peer, 400, &[], None);
@@ -290,7 +320,9 @@ impl Core {
         metrics().auth_failures.get_or_create(&reason(why)).inc();
         if self.fails.len() >= MAX_AUTH_ENTRIES && !self.fails.contains_key(key) {
             let window = self.cfg.sip.auth_block;
-            self.fails.retain(|_, f| f.blocked_until.is_some_and(|b| b > now) || now.duration_since(f.last) < window);
+            self.fails.retain(|_, f| {
+                f.blocked_until.is_some_and(|b| b > now) || now.duration_since(f.last) < window
+            });
             if self.fails.len() >= MAX_AUTH_ENTRIES {
                 return;
             }
@@ -364,7 +396,8 @@ impl Core {
             NonceCheck::Stale => return self.challenge(msg, peer, true, now),
             NonceCheck::Invalid => return self.challenge(msg, peer, false, now),
         }
-        let password = record.as_ref().and_then(|r| r.password.clone()).unwrap_or_else(|| self.cfg.sip.password.clone());
+        let password =
+            record.as_ref().and_then(|r| r.password.clone()).unwrap_or_else(|| self.cfg.sip.password.clone());
         if !digest::verify(&creds, "REGISTER", &password) {
             tracing::info!(device = %id, addr = %peer.addr(), "REGISTER: wrong password");
             self.auth_fail(&key, "wrong_password", now);
@@ -390,7 +423,9 @@ impl Core {
         let known = self.devices.get(&id).map(|d| d.call_id.clone());
         let rebooted = match &known {
             Some(c) => *c != call_id,
-            None => stored_call_id != call_id || self.store.channel_count(&id).map(|n| n == 0).unwrap_or(true),
+            None => {
+                stored_call_id != call_id || self.store.channel_count(&id).map(|n| n == 0).unwrap_or(true)
+            }
         };
         let expires_at = now + Duration::from_secs(u64::from(expires));
         let dev = self.devices.entry(id.clone()).or_insert_with(|| Dev {
@@ -480,7 +515,11 @@ impl Core {
                 transport: transport_name(&dev.peer),
                 remote: dev.peer.addr().to_string(),
                 last_seen: unix_ms() - now.duration_since(dev.last_seen).as_millis() as i64,
-                expires_at: if why == "unregister" || why == "expired" { 0 } else { unix_ms() + dev.expires.saturating_duration_since(now).as_millis() as i64 },
+                expires_at: if why == "unregister" || why == "expired" {
+                    0
+                } else {
+                    unix_ms() + dev.expires.saturating_duration_since(now).as_millis() as i64
+                },
                 call_id: dev.call_id.clone(),
             };
             if let Err(e) = self.store.set_device_state(id, &st) {
@@ -492,7 +531,8 @@ impl Core {
             tracing::info!(device = %id, reason = why, "device offline");
         }
         // Sessions of a device that went away end now; tell their owners.
-        let ids: Vec<String> = self.sessions.iter().filter(|(_, s)| s.device_id == id).map(|(k, _)| k.clone()).collect();
+        let ids: Vec<String> =
+            self.sessions.iter().filter(|(_, s)| s.device_id == id).map(|(k, _)| k.clone()).collect();
         for call_id in ids {
             if let Some(mut s) = self.sessions.remove(&call_id) {
                 if let Some(tx) = s.ended.take() {
@@ -565,7 +605,11 @@ impl Core {
             d.peer = peer;
             if !d.online {
                 self.set_online(id, "keepalive");
-                let secs = self.devices.get(id).map(|d| d.expires.saturating_duration_since(now).as_secs() as u32).unwrap_or(0);
+                let secs = self
+                    .devices
+                    .get(id)
+                    .map(|d| d.expires.saturating_duration_since(now).as_secs() as u32)
+                    .unwrap_or(0);
                 self.persist_state(id, true, secs);
             }
             return;
@@ -643,7 +687,8 @@ impl Core {
         }
         if agg.items.len() as u64 >= u64::from(agg.sum_num) {
             if let Some(agg) = self.catalogs.remove(&key) {
-                let chans: Vec<ChannelRecord> = agg.items.iter().map(|i| Self::channel_of(device, i)).collect();
+                let chans: Vec<ChannelRecord> =
+                    agg.items.iter().map(|i| Self::channel_of(device, i)).collect();
                 tracing::info!(device = %device, channels = chans.len(), "catalog complete");
                 if let Err(e) = self.store.replace_channels(device, &chans) {
                     tracing::error!("store: {e}");
@@ -711,7 +756,9 @@ impl Core {
         metrics().sip_messages.get_or_create(&sip(&method, &status.to_string(), "in")).inc();
         let key = (call_id, cseq);
         match self.txns.get_mut(&key) {
-            Some(Txn::Query { client, .. }) | Some(Txn::Bye { client, .. }) => client.handle_response(now, &msg),
+            Some(Txn::Query { client, .. }) | Some(Txn::Bye { client, .. }) => {
+                client.handle_response(now, &msg)
+            }
             Some(Txn::Invite { client, .. }) => client.handle_response(now, &msg),
             None => return,
         }
@@ -744,13 +791,23 @@ impl Core {
             transport: Self::via_transport(peer).into(),
             from: format!("<sip:{}@{}>;tag={:08x}", self.server_id, self.domain, rand::random::<u32>()),
             to: format!("<sip:{user}@{}>", self.domain),
-            call_id: format!("{:016x}@{}", rand::random::<u64>(), self.advertise.split(':').next().unwrap_or("gbrelay")),
+            call_id: format!(
+                "{:016x}@{}",
+                rand::random::<u64>(),
+                self.advertise.split(':').next().unwrap_or("gbrelay")
+            ),
             cseq: 1,
             contact: format!("<sip:{}@{}>", self.server_id, self.advertise),
         }
     }
 
-    fn send_query(&mut self, device: &str, cmd: &str, reply: Option<oneshot::Sender<Result<(), SignalError>>>, now: Instant) {
+    fn send_query(
+        &mut self,
+        device: &str,
+        cmd: &str,
+        reply: Option<oneshot::Sender<Result<(), SignalError>>>,
+        now: Instant,
+    ) {
         let Some(dev) = self.devices.get(device) else {
             if let Some(r) = reply {
                 let _ = r.send(Err(SignalError::DeviceNotFound(device.to_owned())));
@@ -782,7 +839,15 @@ impl Core {
             tracing::error!("store: {e}");
         }
         let cseq = s.cseq + 1;
-        let req = s.ids.request(rsip::Method::Bye, &s.uri, &s.to_value, cseq, &branch(rand::random()), vec![], None);
+        let req = s.ids.request(
+            rsip::Method::Bye,
+            &s.uri,
+            &s.to_value,
+            cseq,
+            &branch(rand::random()),
+            vec![],
+            None,
+        );
         metrics().sip_messages.get_or_create(&sip("BYE", "request", "out")).inc();
         let client = NonInviteClient::new(now, req, s.peer.is_reliable());
         let key = (call_id.to_owned(), cseq);
@@ -864,8 +929,12 @@ impl Core {
                     if let Some(r) = r {
                         let res = match &e {
                             NonInviteEvent::Final(s, _) if (200..300).contains(s) => Ok(()),
-                            NonInviteEvent::Final(s, _) => Err(SignalError::NoAnswer { device, reason: format!("status {s}") }),
-                            NonInviteEvent::TimedOut => Err(SignalError::NoAnswer { device, reason: "timeout".into() }),
+                            NonInviteEvent::Final(s, _) => {
+                                Err(SignalError::NoAnswer { device, reason: format!("status {s}") })
+                            }
+                            NonInviteEvent::TimedOut => {
+                                Err(SignalError::NoAnswer { device, reason: "timeout".into() })
+                            }
                         };
                         let _ = r.send(res);
                     }
@@ -905,14 +974,27 @@ impl Core {
             InviteEvent::Answered { response, to_tag } => {
                 let ids = client.ids().clone();
                 let Some(c) = ctx.take() else { return };
-                let to_value = response.header("To").map(str::to_owned).unwrap_or_else(|| format!("{};tag={to_tag}", ids.to));
+                let to_value = response
+                    .header("To")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{};tag={to_tag}", ids.to));
                 let uri = response.contact().map(|c| c.uri).unwrap_or_else(|| ids.request_uri.clone());
                 metrics().invite_to_200_seconds.observe(now.duration_since(c.started).as_secs_f64());
-                let sess = Sess { device_id: device.clone(), peer, ids: ids.clone(), to_value, uri, cseq: ids.cseq, ended: None };
+                let sess = Sess {
+                    device_id: device.clone(),
+                    peer,
+                    ids: ids.clone(),
+                    to_value,
+                    uri,
+                    cseq: ids.cseq,
+                    ended: None,
+                };
                 let answer = match Sdp::parse_bytes(&response.body) {
                     Ok(a) => a,
                     Err(err) => {
-                        let _ = c.reply.send(Err(InviteError::Transport(format!("device answer has no usable SDP: {err}"))));
+                        let _ = c.reply.send(Err(InviteError::Transport(format!(
+                            "device answer has no usable SDP: {err}"
+                        ))));
                         self.send_bye(&ids.call_id, sess, None, now);
                         self.release_invite_slot(&device, now);
                         return;
@@ -998,7 +1080,12 @@ impl Core {
         let device = req.device_id.clone();
         self.txns.insert(
             key.clone(),
-            Txn::Invite { client: Box::new(client), peer, ctx: Some(InviteCtx { req, reply, started: now }), device },
+            Txn::Invite {
+                client: Box::new(client),
+                peer,
+                ctx: Some(InviteCtx { req, reply, started: now }),
+                device,
+            },
         );
         self.drive(&key, now);
     }
@@ -1074,7 +1161,10 @@ impl Core {
                     return;
                 };
                 if d.queue.len() >= MAX_INVITE_QUEUE {
-                    let _ = reply.send(Err(InviteError::Busy(format!("{} INVITEs already queued for this device", d.queue.len()))));
+                    let _ = reply.send(Err(InviteError::Busy(format!(
+                        "{} INVITEs already queued for this device",
+                        d.queue.len()
+                    ))));
                     return;
                 }
                 let device = req.device_id.clone();
@@ -1162,8 +1252,12 @@ impl Core {
         }
         // Catalogs whose remaining parts never came: keep what arrived (no deletion on partial).
         let stall = self.cfg.sip.catalog_stall;
-        let stalled: Vec<(String, u32)> =
-            self.catalogs.iter().filter(|(_, a)| now.duration_since(a.last_update) >= stall).map(|(k, _)| k.clone()).collect();
+        let stalled: Vec<(String, u32)> = self
+            .catalogs
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.last_update) >= stall)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in stalled {
             if let Some(agg) = self.catalogs.remove(&key) {
                 tracing::warn!(device = %key.0, sn = key.1, got = agg.items.len(), want = agg.sum_num, "catalog stalled; keeping the partial list");
@@ -1176,7 +1270,9 @@ impl Core {
         }
         if self.fails.len() > 1024 {
             let window = self.cfg.sip.auth_block;
-            self.fails.retain(|_, f| f.blocked_until.is_some_and(|b| b > now) || now.duration_since(f.last) < window);
+            self.fails.retain(|_, f| {
+                f.blocked_until.is_some_and(|b| b > now) || now.duration_since(f.last) < window
+            });
         }
     }
 }

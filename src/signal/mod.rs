@@ -150,8 +150,12 @@ pub struct SipServer;
 impl SipServer {
     /// Bind `cfg.sip.listen` (UDP and TCP), BYE the sessions the store remembers from a previous
     /// run, and serve until [`SignalHandle::shutdown`].
-    pub async fn start(cfg: Arc<Config>, store: Store) -> Result<(SignalHandle, JoinHandle<()>), SignalError> {
-        let ssrc = SsrcAllocator::new(&cfg.sip.id, cfg.media.quarantine).map_err(|e| SignalError::Config(e.to_string()))?;
+    pub async fn start(
+        cfg: Arc<Config>,
+        store: Store,
+    ) -> Result<(SignalHandle, JoinHandle<()>), SignalError> {
+        let ssrc = SsrcAllocator::new(&cfg.sip.id, cfg.media.quarantine)
+            .map_err(|e| SignalError::Config(e.to_string()))?;
         let (net_tx, net_rx) = mpsc::channel(4096);
         let (transports, tcp) = transport::Transports::bind(cfg.sip.listen, net_tx)
             .await
@@ -191,7 +195,8 @@ impl SignalHandle {
         self.cmd
             .send(core::Cmd::Invite { req: Box::new(req), reply: tx })
             .map_err(|_| InviteError::Transport("signalling stopped".into()))?;
-        let (call_id, answer, ended) = rx.await.map_err(|_| InviteError::Transport("signalling stopped".into()))??;
+        let (call_id, answer, ended) =
+            rx.await.map_err(|_| InviteError::Transport("signalling stopped".into()))??;
         Ok(InviteSession {
             guard: SessionGuard { call_id: call_id.clone(), cmd: self.cmd.clone(), done: false },
             call_id,

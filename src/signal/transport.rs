@@ -47,24 +47,37 @@ impl Peer {
 
 #[derive(Debug)]
 pub enum NetEvent {
-    Message { data: Bytes, peer: Peer },
+    Message {
+        data: Bytes,
+        peer: Peer,
+    },
     /// A TCP stream could not be framed; the connection was closed.
-    Malformed { peer: Peer, reason: String },
-    Closed { conn: u64 },
+    Malformed {
+        peer: Peer,
+        reason: String,
+    },
+    Closed {
+        conn: u64,
+    },
 }
+
+type ConnMap = HashMap<u64, (SocketAddr, mpsc::Sender<Bytes>)>;
 
 /// The sending side, shared by the core.
 #[derive(Clone)]
 pub struct Transports {
     udp: Arc<UdpSocket>,
-    conns: Arc<Mutex<HashMap<u64, (SocketAddr, mpsc::Sender<Bytes>)>>>,
+    conns: Arc<Mutex<ConnMap>>,
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<NetEvent>,
 }
 
 impl Transports {
     /// Bind UDP and TCP on `addr` (port 0: UDP picks, TCP takes the same port).
-    pub async fn bind(addr: SocketAddr, events: mpsc::Sender<NetEvent>) -> std::io::Result<(Self, TcpListener)> {
+    pub async fn bind(
+        addr: SocketAddr,
+        events: mpsc::Sender<NetEvent>,
+    ) -> std::io::Result<(Self, TcpListener)> {
         let udp = UdpSocket::bind(addr).await?;
         let local = udp.local_addr()?;
         let tcp = TcpListener::bind(local).await?;
@@ -83,7 +96,7 @@ impl Transports {
         self.udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, mpsc::Sender<Bytes>)>> {
+    fn conns(&self) -> std::sync::MutexGuard<'_, ConnMap> {
         // A poisoned map only means a task panicked mid-insert; the map itself stays valid.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -95,7 +108,9 @@ impl Transports {
     /// Send to a peer. TCP: queued on the connection (closed when its queue is full).
     pub async fn send(&self, peer: Peer, data: Bytes) -> Result<(), String> {
         match peer {
-            Peer::Udp(a) => self.udp.send_to(&data, a).await.map(|_| ()).map_err(|e| format!("udp send to {a}: {e}")),
+            Peer::Udp(a) => {
+                self.udp.send_to(&data, a).await.map(|_| ()).map_err(|e| format!("udp send to {a}: {e}"))
+            }
             Peer::Tcp { conn, addr } => {
                 let tx = self.conns().get(&conn).map(|(_, tx)| tx.clone());
                 match tx {

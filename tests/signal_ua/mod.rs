@@ -150,7 +150,7 @@ impl Ua {
         }
     }
 
-    pub fn from_hdr(&self) -> String {
+    pub fn our_from(&self) -> String {
         format!("<sip:{}@{DOMAIN}>;tag={}", self.id, self.id.len())
     }
 
@@ -161,7 +161,7 @@ impl Ua {
             self.proto(),
             self.local,
             rand::random::<u32>(),
-            self.from_hdr(),
+            self.our_from(),
             if method == "REGISTER" { self.id.clone() } else { SERVER_ID.to_owned() },
             self.call_id,
             self.cseq,
@@ -195,7 +195,8 @@ impl Ua {
         let (nonce, realm, _) = digest::parse_challenge(r.header("WWW-Authenticate").unwrap()).unwrap();
         let uri = format!("sip:{SERVER_ID}@{DOMAIN}");
         let nc_cn = qop.then_some(("0000000a", "0a4f113b"));
-        let auth = digest::client_authorization(&self.id, &realm, &self.password, "REGISTER", &uri, &nonce, nc_cn);
+        let auth =
+            digest::client_authorization(&self.id, &realm, &self.password, "REGISTER", &uri, &nonce, nc_cn);
         let req = self.register_bytes(expires, Some(&auth));
         self.send(&req).await;
         self.response("REGISTER", Duration::from_secs(3)).await.expect("answer to authenticated REGISTER")

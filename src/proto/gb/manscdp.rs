@@ -74,7 +74,10 @@ pub fn parse_tree(text: &str) -> Result<Node, ManscdpError> {
     let mut stack: Vec<Node> = Vec::new();
     let mut root: Option<Node> = None;
     let mut count = 0usize;
-    let err = |r: &Reader<&[u8]>, e: quick_xml::Error| ManscdpError::Xml { offset: r.buffer_position(), message: e.to_string() };
+    let err = |r: &Reader<&[u8]>, e: quick_xml::Error| ManscdpError::Xml {
+        offset: r.buffer_position(),
+        message: e.to_string(),
+    };
     loop {
         let ev = r.read_event().map_err(|e| err(&r, e))?;
         let empty = matches!(ev, Event::Empty(_));
@@ -87,7 +90,10 @@ pub fn parse_tree(text: &str) -> Result<Node, ManscdpError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ManscdpError::TooDeep);
                 }
-                let mut node = Node { name: String::from_utf8_lossy(s.local_name().as_ref()).into_owned(), ..Node::default() };
+                let mut node = Node {
+                    name: String::from_utf8_lossy(s.local_name().as_ref()).into_owned(),
+                    ..Node::default()
+                };
                 for a in s.attributes().flatten() {
                     let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
                     let v = a.unescape_value().map(|v| v.into_owned()).unwrap_or_default();
@@ -112,7 +118,10 @@ pub fn parse_tree(text: &str) -> Result<Node, ManscdpError> {
             }
             Event::Text(t) => {
                 if let Some(n) = stack.last_mut() {
-                    let s = t.unescape().map(|c| c.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
+                    let s = t
+                        .unescape()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&t).into_owned());
                     n.text.push_str(s.trim());
                 }
             }
@@ -183,13 +192,22 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Manscdp {
-    Keepalive { sn: u32, device_id: String, status: String },
+    Keepalive {
+        sn: u32,
+        device_id: String,
+        status: String,
+    },
     CatalogResponse(Catalog),
     /// `<Notify><CmdType>Catalog</CmdType>` with events in the items.
     CatalogNotify(Catalog),
     DeviceInfo(DeviceInfo),
     /// A query from the device (e.g. it queries our catalog) or a command we do not handle.
-    Other { root: String, cmd_type: String, sn: u32, device_id: String },
+    Other {
+        root: String,
+        cmd_type: String,
+        sn: u32,
+        device_id: String,
+    },
 }
 
 fn num<T: std::str::FromStr>(s: Option<&str>) -> Option<T> {
@@ -230,7 +248,9 @@ pub fn parse(body: &[u8]) -> Result<Manscdp, ManscdpError> {
         ("Response" | "Notify", c) if c.eq_ignore_ascii_case("Catalog") => {
             let list = root.child("DeviceList");
             let items: Vec<CatalogItem> = list
-                .map(|l| l.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")).map(item).collect())
+                .map(|l| {
+                    l.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")).map(item).collect()
+                })
                 .unwrap_or_default();
             let cat = Catalog {
                 sn,
@@ -246,8 +266,12 @@ pub fn parse(body: &[u8]) -> Result<Manscdp, ManscdpError> {
             }
         }
         ("Response", c) if c.eq_ignore_ascii_case("DeviceInfo") => {
-            let fields: Vec<(String, String)> =
-                root.children.iter().filter(|c| c.children.is_empty()).map(|c| (c.name.clone(), c.text.clone())).collect();
+            let fields: Vec<(String, String)> = root
+                .children
+                .iter()
+                .filter(|c| c.children.is_empty())
+                .map(|c| (c.name.clone(), c.text.clone()))
+                .collect();
             let t = |k: &str| root.text_of(k).unwrap_or("").to_owned();
             Manscdp::DeviceInfo(DeviceInfo {
                 sn,
@@ -418,7 +442,9 @@ mod tests {
     #[test]
     fn query_is_gb2312_and_round_trips() {
         let q = build_query("Catalog", 9, "34020000001180000001");
-        assert!(matches!(parse(&q).unwrap(), Manscdp::Other { ref cmd_type, sn: 9, .. } if cmd_type == "Catalog"));
+        assert!(
+            matches!(parse(&q).unwrap(), Manscdp::Other { ref cmd_type, sn: 9, .. } if cmd_type == "Catalog")
+        );
         let deep = "<a>".repeat(100);
         assert_eq!(parse(deep.as_bytes()), Err(ManscdpError::TooDeep));
         assert!(parse(b"\xff\xfe\x00").is_err());

@@ -53,7 +53,8 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     let mut i = 0;
     let mut seen = (false, false, false, false, false);
     loop {
-        while i < b.len() && (b[i] == b' ' || b[i] == b'\t' || b[i] == b',' || b[i] == b'\r' || b[i] == b'\n') {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t' || b[i] == b',' || b[i] == b'\r' || b[i] == b'\n')
+        {
             i += 1;
         }
         if i >= b.len() {
@@ -310,13 +311,14 @@ impl NonceIssuer {
         if nonce.len() != 48 || !nonce.is_ascii() {
             return NonceCheck::Invalid;
         }
-        let (Ok(ms), Ok(ctr)) = (u64::from_str_radix(&nonce[..16], 16), u64::from_str_radix(&nonce[16..32], 16))
+        let (Ok(ms), Ok(ctr)) =
+            (u64::from_str_radix(&nonce[..16], 16), u64::from_str_radix(&nonce[16..32], 16))
         else {
             return NonceCheck::Invalid;
         };
         let mac = self.mac(ms, ctr);
         let mut diff = 0u8;
-        for (a, b) in mac[..16].iter().zip(nonce[32..].as_bytes()) {
+        for (a, b) in mac[..16].iter().zip(&nonce.as_bytes()[32..]) {
             diff |= a ^ b;
         }
         if diff != 0 {

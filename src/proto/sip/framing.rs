@@ -42,12 +42,18 @@ pub fn frame(buf: &[u8]) -> Result<Framed, FrameError> {
     }
     let Some((blank, term)) = find_head_end(rest) else {
         if rest.len() > MAX_HEAD {
-            return Err(FrameError::Invalid { offset: skip + MAX_HEAD, expected: "end of headers within 16 KiB" });
+            return Err(FrameError::Invalid {
+                offset: skip + MAX_HEAD,
+                expected: "end of headers within 16 KiB",
+            });
         }
         return Ok(Framed::Incomplete);
     };
     if blank > MAX_HEAD {
-        return Err(FrameError::Invalid { offset: skip + MAX_HEAD, expected: "end of headers within 16 KiB" });
+        return Err(FrameError::Invalid {
+            offset: skip + MAX_HEAD,
+            expected: "end of headers within 16 KiB",
+        });
     }
     let cl = raw_content_length(&rest[..blank])
         .map_err(|source| FrameError::Header { offset: skip, source })?
@@ -84,17 +90,15 @@ impl StreamFramer {
 
     /// The next complete message, if any.
     pub fn next_message(&mut self) -> Result<Option<bytes::Bytes>, FrameError> {
-        loop {
-            match frame(&self.buf)? {
-                Framed::Incomplete => return Ok(None),
-                Framed::Keepalive { skip } => {
-                    let _ = self.buf.split_to(skip);
-                    return Ok(None);
-                }
-                Framed::Complete { skip, len } => {
-                    let _ = self.buf.split_to(skip);
-                    return Ok(Some(self.buf.split_to(len).freeze()));
-                }
+        match frame(&self.buf)? {
+            Framed::Incomplete => Ok(None),
+            Framed::Keepalive { skip } => {
+                let _ = self.buf.split_to(skip);
+                Ok(None)
+            }
+            Framed::Complete { skip, len } => {
+                let _ = self.buf.split_to(skip);
+                Ok(Some(self.buf.split_to(len).freeze()))
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - whitespace before the header colon (`Via : …`, allowed by §7.3.1's `HCOLON`): removed;
 //! - non-UTF-8 bytes in header values (GBK `User-Agent`): replaced lossily;
 //! - leading CRLFs (keepalive pings, RFC 5626 §4.4.1): skipped.
+//!
 //! The body is never given to `rsip` (its `Display` converts a body to UTF-8 lossily, which would
 //! destroy GB2312 XML): we keep it as a `Bytes` slice and append it raw when building.
 
@@ -160,10 +161,7 @@ pub(crate) fn raw_content_length(head: &[u8]) -> Result<Option<usize>, ParseErro
             if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::BadContentLength { value: String::from_utf8_lossy(v).into_owned() });
             }
-            return s
-                .parse()
-                .map(Some)
-                .map_err(|_| ParseError::BadContentLength { value: s.to_owned() });
+            return s.parse().map(Some).map_err(|_| ParseError::BadContentLength { value: s.to_owned() });
         }
     }
     Ok(None)
@@ -197,7 +195,9 @@ fn normalise_head(head: &[u8]) -> Option<Vec<u8>> {
         }
         if !needs {
             needs = head.split(|&b| b == b'\n').skip(1).any(|l| {
-                l.iter().position(|&b| b == b':').is_some_and(|c| c > 0 && (l[c - 1] == b' ' || l[c - 1] == b'\t'))
+                l.iter()
+                    .position(|&b| b == b':')
+                    .is_some_and(|c| c > 0 && (l[c - 1] == b' ' || l[c - 1] == b'\t'))
             });
         }
     }
@@ -314,12 +314,20 @@ impl Message {
 
     /// First value of a header, by full name (case-insensitive); compact forms match too.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().iter().map(header_name_value).find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers()
+            .iter()
+            .map(header_name_value)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// Every value of a header, in order.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers().iter().map(header_name_value).filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers()
+            .iter()
+            .map(header_name_value)
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     pub fn call_id(&self) -> Option<&str> {
@@ -378,7 +386,12 @@ fn truncate(mut s: String, n: usize) -> String {
 
 /// Parameters `;a=b;c` after a value, as (name, value) pairs; names lower-cased is left to callers.
 fn params(s: &str) -> Vec<(&str, &str)> {
-    s.split(';').skip(1).map(|p| p.trim()).filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect()
+    s.split(';')
+        .skip(1)
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
 }
 
 /// A Via header value (RFC 3261 §20.42).
@@ -435,7 +448,8 @@ impl NameAddr {
                 None => (v, ""),
             }
         };
-        let params = params(&format!("x{rest}")).into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let params =
+            params(&format!("x{rest}")).into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         Some(NameAddr { uri: uri.trim().to_owned(), params })
     }
 
@@ -455,7 +469,10 @@ impl NameAddr {
 
 /// The user part of a SIP URI.
 pub fn uri_user(uri: &str) -> Option<&str> {
-    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:")).or_else(|| uri.strip_prefix("SIP:"))?;
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("SIP:"))?;
     let at = rest.find('@')?;
     let user = &rest[..at];
     Some(user.split(':').next().unwrap_or(user)).filter(|u| !u.is_empty())
@@ -622,7 +639,8 @@ pub fn build_request(spec: &RequestSpec<'_>) -> Result<Bytes, ParseError> {
         headers.push(Header::ContentType(rsip::headers::ContentType::new(ctype)));
     }
     headers.push(Header::ContentLength(rsip::headers::ContentLength::new(body.len().to_string())));
-    let req = rsip::Request { method: spec.method, uri, version: rsip::Version::V2, headers, body: Vec::new() };
+    let req =
+        rsip::Request { method: spec.method, uri, version: rsip::Version::V2, headers, body: Vec::new() };
     Ok(finish(req.to_string(), body))
 }
 
@@ -723,7 +741,14 @@ l: 5\n\nhello";
     #[test]
     fn response_copies_dialog_headers_adds_tag_and_fills_rport() {
         let m = Message::parse(Bytes::from_static(REG.as_bytes())).unwrap();
-        let out = build_response(&m, 200, Some("srvtag"), Some(("10.1.1.1", 40000)), &[("Expires", "3600".into())], None);
+        let out = build_response(
+            &m,
+            200,
+            Some("srvtag"),
+            Some(("10.1.1.1", 40000)),
+            &[("Expires", "3600".into())],
+            None,
+        );
         let r = Message::parse(out).unwrap();
         assert_eq!(r.status(), Some(200));
         assert_eq!(r.to().unwrap().tag(), Some("srvtag"));

@@ -88,14 +88,24 @@ pub enum InviteState {
 pub enum InviteEvent {
     Provisional(u16),
     /// 2xx: ACK already queued. `to_tag` completes the dialog id.
-    Answered { response: Message, to_tag: String },
+    Answered {
+        response: Box<Message>,
+        to_tag: String,
+    },
     /// Final non-2xx before the deadline.
-    Refused { status: u16, reason: String },
+    Refused {
+        status: u16,
+        reason: String,
+    },
     /// The caller's deadline passed with no final answer. A CANCEL went out iff `provisional`.
-    TimedOut { provisional: bool },
+    TimedOut {
+        provisional: bool,
+    },
     /// A 2xx arrived after the deadline: it was ACKed and a BYE sent (§15: hang up a call we no
     /// longer want). The BYE is fire-and-forget; its `to_tag` is given for the record.
-    LateAnswerClosed { to_tag: String },
+    LateAnswerClosed {
+        to_tag: String,
+    },
     Terminated,
 }
 
@@ -136,8 +146,15 @@ impl InviteClient {
         deadline: Instant,
     ) -> Self {
         let branch = branch(branch_rand);
-        let invite =
-            ids.request(rsip::Method::Invite, &ids.request_uri.clone(), &ids.to.clone(), ids.cseq, &branch, extra, body);
+        let invite = ids.request(
+            rsip::Method::Invite,
+            &ids.request_uri.clone(),
+            &ids.to.clone(),
+            ids.cseq,
+            &branch,
+            extra,
+            body,
+        );
         let mut out = VecDeque::new();
         out.push_back(invite.clone());
         InviteClient {
@@ -253,7 +270,9 @@ impl InviteClient {
                 self.cancel_next = Some(now + self.cancel_interval);
             }
         }
-        if !self.timed_out && matches!(self.state, InviteState::Calling | InviteState::Proceeding) && now >= self.deadline
+        if !self.timed_out
+            && matches!(self.state, InviteState::Calling | InviteState::Proceeding)
+            && now >= self.deadline
         {
             self.timed_out = true;
             self.next_retx = None;
@@ -350,7 +369,7 @@ impl InviteClient {
                     self.out.push_back(bye);
                     self.events.push_back(InviteEvent::LateAnswerClosed { to_tag });
                 } else {
-                    self.events.push_back(InviteEvent::Answered { response: resp.clone(), to_tag });
+                    self.events.push_back(InviteEvent::Answered { response: Box::new(resp.clone()), to_tag });
                 }
             }
             _ => {
@@ -603,7 +622,15 @@ mod tests {
     #[test]
     fn answer_is_acked_once_per_2xx_retransmission() {
         let t0 = Instant::now();
-        let mut c = InviteClient::new(t0, ids(), 1, vec![], Some(("APPLICATION/SDP", b"v=0\r\n")), false, t0 + Duration::from_secs(8));
+        let mut c = InviteClient::new(
+            t0,
+            ids(),
+            1,
+            vec![],
+            Some(("APPLICATION/SDP", b"v=0\r\n")),
+            false,
+            t0 + Duration::from_secs(8),
+        );
         let inv = drain(&mut c);
         assert_eq!(&inv[0].body[..], b"v=0\r\n");
         c.handle_response(t0, &resp(200, "INVITE", Some("dev")));
@@ -645,7 +672,11 @@ mod tests {
         }
         assert!(matches!(c.poll_event(), Some(NonInviteEvent::TimedOut)));
         assert_eq!(n, 10, "Timer E: 0.5,1.5,3.5,7.5,11.5,...,31.5 s before Timer F at 32 s");
-        let mut c = NonInviteClient::new(t0, ids().request(rsip::Method::Bye, "sip:a@b", "<sip:a@b>", 5, "z9hG4bKb", vec![], None), true);
+        let mut c = NonInviteClient::new(
+            t0,
+            ids().request(rsip::Method::Bye, "sip:a@b", "<sip:a@b>", 5, "z9hG4bKb", vec![], None),
+            true,
+        );
         c.handle_response(t0, &resp(200, "BYE", None));
         assert!(matches!(c.poll_event(), Some(NonInviteEvent::Final(200, _))));
     }
