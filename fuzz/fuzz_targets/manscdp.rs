@@ -1,7 +1,7 @@
 #![no_main]
-// Placeholder: the owner of this parser fills the target in.
+//! MANSCDP: GB18030 decoding and the XML reader over hostile bodies.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    let _ = gbrelay::proto::gb::manscdp::parse(data);
 });

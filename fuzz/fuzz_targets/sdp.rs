@@ -1,7 +1,9 @@
 #![no_main]
-// Placeholder: the owner of this parser fills the target in.
+//! SDP: the GB subset parser (y=, f=, TCP/RTP/AVP) over hostile text.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    if let Ok(s) = gbrelay::proto::sdp::Sdp::parse_bytes(data) {
+        let _ = s.port();
+    }
 });
