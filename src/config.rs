@@ -453,3 +453,18 @@ first_frame_timeout = "10s"
         assert!(parse_duration("3 fortnights").is_err());
     }
 }
+
+#[cfg(test)]
+mod repo_file_tests {
+    #[test]
+    fn repository_gateway_toml_parses_and_matches_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).unwrap();
+        let c = super::Config::from_toml(&text).unwrap();
+        let d = super::Config::default();
+        assert_eq!(c.sip.id, d.sip.id);
+        assert_eq!(c.sip.listen, d.sip.listen);
+        assert_eq!(c.media.ports, None);
+        assert_eq!(c.stream.idle_timeout, d.stream.idle_timeout);
+        assert_eq!(c.hls.window, d.hls.window);
+    }
+}

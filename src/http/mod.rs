@@ -16,6 +16,7 @@
 //! - `OPTIONS` anywhere: answered by the CORS layer.
 
 mod api;
+pub mod devices;
 mod io;
 mod play;
 
