@@ -7,6 +7,11 @@
 //! Timestamps are 90 kHz ticks for every codec (MPEG system clock, ISO/IEC 13818-1 §2.4.3.7), already
 //! unwrapped from 33 bits into a monotonic `i64` by the demuxer.
 
+pub mod aac;
+pub mod bits;
+pub mod g711;
+pub mod h264;
+pub mod h265;
 pub mod nal;
 
 use bytes::Bytes;
