@@ -165,7 +165,9 @@ async fn media_only_receiver_opens_plays_and_closes_through_the_api() {
 
 /// A strict reader of the Prometheus / OpenMetrics text exposition format: every sample line is
 /// `name{label="value",...} number`, every family has `# TYPE`, the text ends with `# EOF`.
-fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut samples = vec![];
     let mut typed = std::collections::HashSet::new();
     let lines: Vec<&str> = text.lines().collect();

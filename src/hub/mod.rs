@@ -24,7 +24,7 @@ pub use ring::{Cursor, Read, Ring, StartInfo};
 pub use stream::{FlvViewer, Stream, StreamInfo, StreamStatus, ViewError};
 
 use crate::config::{FlvHevc, HlsConfig, StreamConfig};
-use crate::proto::codec::Frame;
+use crate::proto::codec::{Codec, Frame};
 use futures_util::future::BoxFuture;
 use mux_adapter::MuxFactory;
 use std::collections::{HashMap, VecDeque};
@@ -73,6 +73,14 @@ pub enum SourceEvent {
     Frame(Frame),
     /// Cumulative receive counters (sent now and then, e.g. once a second).
     Stats(SourceStats),
+    /// The elementary streams the source carries, as soon as known (e.g. from the MPEG-PS stream
+    /// map, ISO/IEC 13818-1 §2.5.4). Optional; without it the FLV header's audio flag says whether
+    /// audio was seen before the viewer's first keyframe. Sending it before the first keyframe
+    /// lets that header announce audio that arrives just after the keyframe.
+    Tracks {
+        video: Option<Codec>,
+        audio: Option<Codec>,
+    },
     /// The source is gone (device BYE, device offline, socket closed), with the reason.
     Ended(String),
 }
@@ -245,7 +253,7 @@ impl Hub {
     /// Active streams, then recently ended ones (newest first).
     pub fn list(&self) -> Vec<StreamInfo> {
         let mut items: Vec<StreamInfo> = self.streams().values().map(|s| s.info()).collect();
-        items.sort_by(|a, b| a.key.to_string().cmp(&b.key.to_string()));
+        items.sort_by_key(|i| i.key.to_string());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RECENT_KEEP) {

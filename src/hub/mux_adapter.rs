@@ -80,3 +80,83 @@ pub trait MuxFactory: Send + Sync + 'static {
     fn flv(&self, hevc: FlvHevc) -> Box<dyn FlvTagMuxer>;
     fn hls(&self, params: HlsParams) -> Box<dyn HlsSink>;
 }
+
+// ---------------------------------------------------------------- the real muxers
+
+use crate::proto::mux::flv::{self, FlvMuxer, FlvOptions, HevcMode};
+use crate::proto::mux::hls::{HlsOptions, HlsSegmenter};
+
+/// [`MuxFactory`] over `proto::mux` (the one the gateway uses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProtoMux;
+
+struct ProtoFlv {
+    inner: FlvMuxer,
+    scratch: Vec<flv::FlvTag>,
+}
+
+impl FlvTagMuxer for ProtoFlv {
+    fn push(&mut self, frame: &Frame, out: &mut Vec<MuxedTag>) {
+        self.scratch.clear();
+        self.inner.push(frame, &mut self.scratch);
+        out.extend(self.scratch.drain(..).map(|t| MuxedTag {
+            data: t.data,
+            kind: match t.kind {
+                flv::TagKind::Script => TagKind::Script,
+                flv::TagKind::Audio => TagKind::Audio,
+                flv::TagKind::Video => TagKind::Video,
+            },
+            keyframe: t.keyframe,
+            seq_header: t.seq_header,
+            timestamp_ms: t.timestamp_ms,
+        }));
+    }
+
+    fn header(&self, has_video: bool, has_audio: bool) -> Bytes {
+        FlvMuxer::header(has_video, has_audio)
+    }
+
+    fn init_tags(&self) -> Vec<Bytes> {
+        self.inner.init_tags()
+    }
+
+    fn video_size(&self) -> Option<VideoSize> {
+        self.inner.video_info().map(|v| VideoSize { width: v.width, height: v.height })
+    }
+}
+
+impl HlsSink for HlsSegmenter {
+    fn push(&mut self, frame: &Frame) {
+        HlsSegmenter::push(self, frame)
+    }
+    fn finish(&mut self) {
+        HlsSegmenter::finish(self)
+    }
+    fn playlist(&self) -> String {
+        HlsSegmenter::playlist(self)
+    }
+    fn segment(&self, seq: u64) -> Option<Bytes> {
+        HlsSegmenter::segment(self, seq)
+    }
+    fn latest_seq(&self) -> Option<u64> {
+        HlsSegmenter::latest_seq(self)
+    }
+}
+
+impl MuxFactory for ProtoMux {
+    fn flv(&self, hevc: FlvHevc) -> Box<dyn FlvTagMuxer> {
+        let hevc = match hevc {
+            FlvHevc::Enhanced => HevcMode::Enhanced,
+            FlvHevc::CodecId12 => HevcMode::CodecId12,
+        };
+        Box::new(ProtoFlv { inner: FlvMuxer::new(FlvOptions { hevc }), scratch: Vec::with_capacity(4) })
+    }
+
+    fn hls(&self, params: HlsParams) -> Box<dyn HlsSink> {
+        Box::new(HlsSegmenter::new(HlsOptions {
+            target_duration_90k: params.target_duration_90k,
+            window: params.window,
+            vod: false,
+        }))
+    }
+}

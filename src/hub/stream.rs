@@ -389,6 +389,7 @@ impl Stream {
             pull_started: started_at,
             video_codec: None,
             audio_codec: None,
+            hls_started: false,
         };
         let sc = &self.cfg.stream;
         let tick = (sc.idle_timeout.min(sc.no_data_timeout) / 4)
@@ -409,6 +410,7 @@ impl Stream {
                         d.on_frame(&self, f);
                     }
                     Some(SourceEvent::Stats(s)) => lock(&self.meta).stats = s,
+                    Some(SourceEvent::Tracks { video, audio }) => d.on_tracks(&self, video, audio),
                     Some(SourceEvent::Ended(r)) => break r,
                     None => break "source closed".into(),
                 },
@@ -462,6 +464,8 @@ struct Driver {
     pull_started: Instant,
     video_codec: Option<Codec>,
     audio_codec: Option<Codec>,
+    /// The HLS segmenter has had its first frame.
+    hls_started: bool,
 }
 
 /// Audio tags wake viewers at most this often (ms of media time) while video flows: a viewer
@@ -479,6 +483,18 @@ impl Driver {
             if !self.muxers.iter().any(|m| Arc::ptr_eq(&m.ring, ring)) {
                 self.muxers.push(MuxSlot { ring: ring.clone(), muxer: s.mux.flv(*mode), last_wake_ms: 0 });
             }
+        }
+    }
+
+    fn on_tracks(&mut self, s: &Stream, video: Option<Codec>, audio: Option<Codec>) {
+        self.seen_video |= video.is_some();
+        self.seen_audio |= audio.is_some();
+        let mut m = lock(&s.meta);
+        if m.video_codec.is_none() {
+            m.video_codec = video;
+        }
+        if m.audio_codec.is_none() {
+            m.audio_codec = audio;
         }
     }
 
@@ -543,6 +559,14 @@ impl Driver {
         }
         let mut hls = lock(&s.hls);
         if let Some(h) = hls.as_mut() {
+            // A segmenter made mid-stream starts at a video keyframe (when there is video), so
+            // its first segment opens with video, not with audio before the first keyframe.
+            if !self.hls_started {
+                if self.seen_video && !(is_video && f.keyframe) {
+                    return;
+                }
+                self.hls_started = true;
+            }
             let before = h.latest_seq();
             h.push(&f);
             if h.latest_seq() != before {

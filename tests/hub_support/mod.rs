@@ -331,9 +331,17 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start_server(config: Config, rtp: Option<Arc<dyn gbrelay::http::RtpControl>>) -> TestServer {
+    start_server_with(config, Arc::new(TestMux), rtp).await
+}
+
+pub async fn start_server_with(
+    config: Config,
+    mux: Arc<dyn MuxFactory>,
+    rtp: Option<Arc<dyn gbrelay::http::RtpControl>>,
+) -> TestServer {
     let config = Arc::new(config);
     let puller = Arc::new(FakePuller::default());
-    let hub = Hub::new(HubConfig::from_config(&config), puller.clone(), Arc::new(TestMux));
+    let hub = Hub::new(HubConfig::from_config(&config), puller.clone(), mux);
     let state = gbrelay::http::AppState { hub: hub.clone(), config: config.clone(), rtp };
     let router = gbrelay::http::router(state, axum::Router::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
