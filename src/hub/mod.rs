@@ -181,7 +181,10 @@ impl Hub {
     pub fn open(self: &Arc<Self>, key: &StreamKey) -> Result<Arc<Stream>, PullError> {
         let mut map = self.streams();
         if let Some(s) = map.get(key) {
-            return Ok(s.clone());
+            // A stream that has just ended but not yet left the map is replaced, not joined.
+            if !s.is_finished() {
+                return Ok(s.clone());
+            }
         }
         if let StreamKey::Rtp { name } = key {
             return Err(PullError::NotFound(format!("no media-only stream named {name:?}")));
@@ -191,8 +194,14 @@ impl Hub {
         drop(map);
         let fut = self.puller.pull(key);
         let s = stream.clone();
+        // A pull that never answers must not pin a `Starting` stream forever: every viewer
+        // would join it and time out. Bound it at twice the viewers' wait.
+        let bound = self.cfg.stream.first_frame_timeout * 2;
         tokio::spawn(async move {
-            let res = fut.await;
+            let res = match tokio::time::timeout(bound, fut).await {
+                Ok(res) => res,
+                Err(_) => Err(PullError::Timeout(format!("no answer within {bound:?}"))),
+            };
             s.run(res).await;
         });
         Ok(stream)
@@ -208,7 +217,7 @@ impl Hub {
     /// Fails if the key is taken (the handle is then stopped with `"duplicate"`).
     pub fn attach(self: &Arc<Self>, key: StreamKey, handle: PullHandle) -> Result<Arc<Stream>, PullError> {
         let mut map = self.streams();
-        if map.contains_key(&key) {
+        if map.get(&key).is_some_and(|s| !s.is_finished()) {
             drop(map);
             (handle.stopper)("duplicate".into());
             return Err(PullError::Busy(format!("stream {key} exists")));
@@ -238,6 +247,15 @@ impl Hub {
         let all: Vec<_> = self.streams().values().cloned().collect();
         for s in all {
             s.request_stop(reason);
+        }
+    }
+
+    /// Stop every stream and wait (at most `timeout`) until each has called its stopper.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.stop_all("shutdown");
+        let deadline = Instant::now() + timeout;
+        while !self.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

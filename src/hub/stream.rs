@@ -129,6 +129,15 @@ pub struct Stream {
     created_at: SystemTime,
 }
 
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("key", &self.key)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -170,6 +179,11 @@ impl Stream {
 
     pub fn status(&self) -> StreamStatus {
         lock(&self.status).clone()
+    }
+
+    /// Ended or failed.
+    pub fn is_finished(&self) -> bool {
+        matches!(*lock(&self.status), StreamStatus::Ended(_) | StreamStatus::Failed(_))
     }
 
     /// Keep the stream without viewers (started through the API); only stop, no-data or the

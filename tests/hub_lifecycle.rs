@@ -1,0 +1,91 @@
+//! Hub lifecycle without HTTP: stop while starting, shutdown, duplicate attach, pull bound.
+
+mod hub_support;
+
+use gbrelay::hub::{Hub, HubConfig, PullError, StreamKey, ViewError};
+use hub_support::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn hub(cfg: gbrelay::config::Config) -> (Arc<Hub>, Arc<FakePuller>) {
+    let puller = Arc::new(FakePuller::default());
+    (Hub::new(HubConfig::from_config(&cfg), puller.clone(), Arc::new(TestMux)), puller)
+}
+
+fn live(channel: &str) -> StreamKey {
+    StreamKey::Live { device: "34020000001180000001".into(), channel: channel.into(), substream: 0 }
+}
+
+#[tokio::test]
+async fn stop_requested_while_the_invite_is_pending_calls_the_stopper_once_it_answers() {
+    let (hub, puller) = hub(test_config());
+    puller.set(
+        "a",
+        Behaviour::Stream {
+            answer_ms: 200,
+            frame_ms: 10,
+            gop: 10,
+            size: 100,
+            frames: None,
+            end_reason: None,
+        },
+    );
+    let s = hub.open(&live("a")).unwrap();
+    assert!(hub.stop(&live("a"), "api"));
+    assert!(wait_until(Duration::from_secs(2), || !puller.stops("a").is_empty()).await);
+    assert_eq!(puller.stops("a"), vec![(String::from("api"), puller.stops("a")[0].1)]);
+    assert!(s.is_finished());
+    assert!(hub.is_empty());
+    // The key can be pulled again.
+    hub.open(&live("a")).unwrap();
+    assert_eq!(puller.pulls("a"), 2);
+}
+
+#[tokio::test]
+async fn shutdown_stops_every_stream_and_waits_for_them() {
+    let (hub, puller) = hub(test_config());
+    for c in ["a", "b", "c"] {
+        puller.set(c, Behaviour::live());
+        hub.open(&live(c)).unwrap().pin();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hub.shutdown(Duration::from_secs(2)).await;
+    assert!(hub.is_empty());
+    for c in ["a", "b", "c"] {
+        assert_eq!(puller.stops(c)[0].0, "shutdown");
+    }
+}
+
+#[tokio::test]
+async fn attaching_a_taken_name_is_refused_and_stops_the_new_source() {
+    let (hub, puller) = hub(test_config());
+    let key = StreamKey::Rtp { name: "x".into() };
+    hub.attach(key.clone(), spawn_source("x1".into(), Behaviour::live(), puller.stops.clone())).unwrap();
+    let err =
+        hub.attach(key, spawn_source("x2".into(), Behaviour::live(), puller.stops.clone())).unwrap_err();
+    assert!(matches!(err, PullError::Busy(_)));
+    assert_eq!(puller.stops("x2")[0].0, "duplicate");
+    assert!(puller.stops("x1").is_empty());
+}
+
+#[tokio::test]
+async fn a_pull_that_never_answers_fails_after_twice_the_first_frame_timeout() {
+    let mut cfg = test_config();
+    cfg.stream.first_frame_timeout = Duration::from_millis(200);
+    let (hub, puller) = hub(cfg);
+    puller.set(
+        "hang",
+        Behaviour::Stream {
+            answer_ms: 60_000,
+            frame_ms: 10,
+            gop: 10,
+            size: 100,
+            frames: None,
+            end_reason: None,
+        },
+    );
+    let s = hub.open(&live("hang")).unwrap();
+    let err = s.wait_started(Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(err, ViewError::Pull(PullError::Timeout(_))), "{err:?}");
+    assert!(hub.is_empty());
+}
