@@ -89,3 +89,50 @@ async fn a_pull_that_never_answers_fails_after_twice_the_first_frame_timeout() {
     assert!(matches!(err, ViewError::Pull(PullError::Timeout(_))), "{err:?}");
     assert!(hub.is_empty());
 }
+
+fn lagged_drops() -> u64 {
+    let text = gbrelay::metrics::render();
+    text.lines()
+        .find(|l| l.starts_with("gbrelay_viewer_drops_total{reason=\"lagged\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn viewer_behind_the_ring_jumps_to_a_keyframe_with_sequence_headers_and_is_counted() {
+    let mut cfg = test_config();
+    cfg.stream.ring_bytes = 128 * 1024;
+    let (hub, puller) = hub(cfg);
+    puller.set(
+        "big",
+        Behaviour::Stream {
+            answer_ms: 1,
+            frame_ms: 5,
+            gop: 10,
+            size: 16_000,
+            frames: None,
+            end_reason: None,
+        },
+    );
+    let s = hub.open(&live("big")).unwrap();
+    let mut v = s.subscribe_flv(gbrelay::config::FlvHevc::Enhanced, "flv");
+    let mut out = vec![];
+    v.first(&mut out).await.unwrap();
+    let before = lagged_drops();
+    // Stop reading while ~1.6 MB go by: far more than the 128 KiB ring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.ring_bytes() <= 128 * 1024);
+    out.clear();
+    assert!(v.next(&mut out).await);
+    let after = lagged_drops();
+    assert!(after > before, "lagged drops {before} -> {after}");
+    let mut r = FlvReader::default();
+    r.feed(b"FLV\x01\x05\0\0\0\x09\0\0\0\0");
+    for b in &out {
+        r.feed(b);
+    }
+    // No second FLV header; sequence header(s) again, then a keyframe.
+    assert!(r.tags[0].is_seq_header(), "{:?}", r.tags[0]);
+    let first = r.tags.iter().find(|t| t.kind == 9 && !t.is_seq_header()).unwrap();
+    assert!(first.is_video_keyframe());
+}

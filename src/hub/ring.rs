@@ -85,6 +85,8 @@ pub struct Cursor {
     need_start: bool,
     /// FLV header already sent.
     sent_header: bool,
+    /// Fell behind; reported with the next data (the jump may have to wait for a keyframe).
+    lagged: bool,
 }
 
 /// Result of [`Ring::read`].
@@ -182,17 +184,16 @@ impl Ring {
     pub fn cursor(&self) -> Cursor {
         let g = self.lock();
         let next = g.keys.back().copied().unwrap_or_else(|| g.next_seq());
-        Cursor { next, need_start: true, sent_header: false }
+        Cursor { next, need_start: true, sent_header: false, lagged: false }
     }
 
     /// Move everything ready for `cur` into `out` (header and init tags first when the cursor
     /// starts or restarts at a keyframe).
     pub fn read(&self, cur: &mut Cursor, out: &mut Vec<Bytes>) -> Read {
         let g = self.lock();
-        let mut lagged = false;
         if cur.next < g.first_seq {
             // Fell behind the ring: jump to the newest keyframe (counted by the caller).
-            lagged = cur.sent_header;
+            cur.lagged |= cur.sent_header;
             cur.need_start = true;
             cur.next = g.keys.back().copied().unwrap_or_else(|| g.next_seq());
         }
@@ -232,7 +233,7 @@ impl Ring {
             cur.next += 1;
         }
         if !out.is_empty() {
-            return Read::Data { lagged };
+            return Read::Data { lagged: std::mem::take(&mut cur.lagged) };
         }
         match &g.closed {
             Some(r) => Read::Closed(r.clone()),
@@ -302,6 +303,24 @@ mod tests {
         assert_eq!(out[0], b("INIT-n"));
         assert_eq!(out.len(), 3);
         assert_eq!(out[2][0], 4);
+    }
+
+    #[test]
+    fn lag_is_reported_even_when_the_jump_waits_for_the_next_keyframe() {
+        let r = Ring::new(64 * 1024);
+        r.push(b("k1"), start("1"));
+        let mut c = r.cursor();
+        let mut out = vec![];
+        r.read(&mut c, &mut out);
+        // One GOP larger than the ring: its keyframe is trimmed away.
+        r.push(Bytes::from(vec![0u8; 30 * 1024]), start("2"));
+        r.push(Bytes::from(vec![0u8; 30 * 1024]), None);
+        r.push(Bytes::from(vec![0u8; 30 * 1024]), None);
+        out.clear();
+        assert_eq!(r.read(&mut c, &mut out), Read::Empty);
+        r.push(b("k3"), start("3"));
+        assert_eq!(r.read(&mut c, &mut out), Read::Data { lagged: true });
+        assert_eq!(out, vec![b("INIT-3"), b("k3")]);
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Stream {
         let ws = protocol_name == "ws-flv";
         if ws { &self.viewers_ws } else { &self.viewers_flv }.fetch_add(1, Ordering::Relaxed);
         metrics().viewers.get_or_create(&protocol(protocol_name)).inc();
-        FlvViewer { stream: self.clone(), ring, cursor, protocol: protocol_name, ws }
+        FlvViewer { stream: self.clone(), ring, cursor, protocol: protocol_name, ws, lagging_since: None }
     }
 
     fn touch(&self) {
@@ -598,6 +598,8 @@ pub struct FlvViewer {
     cursor: Cursor,
     protocol: &'static str,
     ws: bool,
+    /// First lag since the viewer was last caught up with the live edge.
+    lagging_since: Option<Instant>,
 }
 
 impl FlvViewer {
@@ -641,7 +643,9 @@ impl FlvViewer {
         }
     }
 
-    /// Wait for the next batch; `false` once the stream has ended and everything was read.
+    /// Wait for the next batch; `false` once the stream has ended and everything was read, or
+    /// when the viewer has kept lagging (never catching up with the live edge) for
+    /// `slow_viewer_timeout` (counted as `viewer_drops{reason="stuck"}`).
     pub async fn next(&mut self, out: &mut Vec<Bytes>) -> bool {
         loop {
             let notified = self.ring.notified();
@@ -651,11 +655,22 @@ impl FlvViewer {
                 Read::Data { lagged } => {
                     if lagged {
                         metrics().viewer_drops.get_or_create(&reason_label("lagged")).inc();
+                        // Lagging again without having caught up since the first lag, for longer
+                        // than slow_viewer_timeout: this viewer cannot keep up; let it go.
+                        let since = *self.lagging_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.stream.cfg.stream.slow_viewer_timeout {
+                            metrics().viewer_drops.get_or_create(&reason_label("stuck")).inc();
+                            return false;
+                        }
                     }
                     return true;
                 }
                 Read::Closed(_) => return false,
-                Read::Empty => notified.await,
+                Read::Empty => {
+                    // Caught up with the live edge.
+                    self.lagging_since = None;
+                    notified.await
+                }
             }
         }
     }
