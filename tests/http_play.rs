@@ -110,7 +110,7 @@ async fn ws_flv_delivers_the_same_flv_stream_in_binary_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_that_stops_reading_neither_grows_memory_nor_delays_others_and_is_dropped() {
     let mut cfg = test_config();
-    cfg.stream.ring_bytes = 256 * 1024;
+    cfg.stream.ring_bytes = 1 << 20;
     cfg.stream.idle_timeout = Duration::from_secs(30);
     cfg.stream.slow_viewer_timeout = Duration::from_millis(1500);
     let s = start_server(cfg, None).await;
@@ -157,8 +157,10 @@ async fn viewer_that_stops_reading_neither_grows_memory_nor_delays_others_and_is
         last = Instant::now();
         max_ring = max_ring.max(s.hub.get(&stream).unwrap().ring_bytes());
     }
-    assert!(max_ring <= 256 * 1024, "ring held {max_ring} bytes");
-    assert!(max_gap < Duration::from_millis(300), "the reading viewer stalled {max_gap:?}");
+    assert!(max_ring <= 1 << 20, "ring held {max_ring} bytes");
+    // Generous for a loaded CI machine; a viewer delayed by the stuck one would stall for the
+    // whole slow_viewer_timeout (1.5 s).
+    assert!(max_gap < Duration::from_millis(500), "the reading viewer stalled {max_gap:?}");
     let frames: Vec<u64> = r.tags.iter().filter_map(|t| t.video_frame_no()).collect();
     assert!(frames.windows(2).all(|w| w[1] == w[0] + 1), "the reading viewer lost frames");
     // The stuck viewer is gone after slow_viewer_timeout; the reader stays.
