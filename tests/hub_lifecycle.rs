@@ -136,3 +136,35 @@ async fn viewer_behind_the_ring_jumps_to_a_keyframe_with_sequence_headers_and_is
     let first = r.tags.iter().find(|t| t.kind == 9 && !t.is_seq_header()).unwrap();
     assert!(first.is_video_keyframe());
 }
+
+#[tokio::test]
+async fn audio_only_source_gets_start_points_after_a_second_of_audio() {
+    let (hub, _) = hub(test_config());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if tx.send(gbrelay::hub::SourceEvent::Frame(audio_frame(n, 20))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let handle = gbrelay::hub::PullHandle {
+        events: rx,
+        stopper: Box::new(|_| {}),
+        transport: "udp".into(),
+        started_at: std::time::Instant::now(),
+    };
+    let s = hub.attach(StreamKey::Rtp { name: "aac".into() }, handle).unwrap();
+    let mut v = s.subscribe_flv(gbrelay::config::FlvHevc::Enhanced, "flv");
+    let mut out = vec![];
+    v.first(&mut out).await.unwrap();
+    // FLV header: audio flag only (E.2 TypeFlagsAudio = 4).
+    assert_eq!(&out[0][..5], b"FLV\x01\x04");
+    let mut r = FlvReader::default();
+    for b in &out {
+        r.feed(b);
+    }
+    assert!(r.tags.iter().all(|t| t.kind == 8));
+    assert!(r.tags[0].is_seq_header());
+}

@@ -404,6 +404,7 @@ impl Stream {
             video_codec: None,
             audio_codec: None,
             hls_started: false,
+            first_audio_dts: None,
         };
         let sc = &self.cfg.stream;
         let tick = (sc.idle_timeout.min(sc.no_data_timeout) / 4)
@@ -466,6 +467,7 @@ struct MuxSlot {
     ring: Arc<Ring>,
     muxer: Box<dyn FlvTagMuxer>,
     last_wake_ms: u32,
+    last_audio_start_ms: Option<u32>,
 }
 
 struct Driver {
@@ -480,7 +482,11 @@ struct Driver {
     audio_codec: Option<Codec>,
     /// The HLS segmenter has had its first frame.
     hls_started: bool,
+    first_audio_dts: Option<i64>,
 }
+
+/// A source with this much audio (90 kHz) and no video is treated as audio-only.
+const AUDIO_ONLY_AFTER_90K: i64 = 90_000;
 
 /// Audio tags wake viewers at most this often (ms of media time) while video flows: a viewer
 /// gets them with the next video tag, so it does one write per video frame, not per tag.
@@ -495,7 +501,12 @@ impl Driver {
         self.gen = gen;
         for (mode, ring) in lock(&s.rings).iter() {
             if !self.muxers.iter().any(|m| Arc::ptr_eq(&m.ring, ring)) {
-                self.muxers.push(MuxSlot { ring: ring.clone(), muxer: s.mux.flv(*mode), last_wake_ms: 0 });
+                self.muxers.push(MuxSlot {
+                    ring: ring.clone(),
+                    muxer: s.mux.flv(*mode),
+                    last_wake_ms: 0,
+                    last_audio_start_ms: None,
+                });
             }
         }
     }
@@ -528,6 +539,7 @@ impl Driver {
             }
         } else {
             self.seen_audio = true;
+            self.first_audio_dts.get_or_insert(f.dts);
             if self.audio_codec != Some(f.codec) {
                 self.audio_codec = Some(f.codec);
                 lock(&s.meta).audio_codec = Some(f.codec);
@@ -540,7 +552,20 @@ impl Driver {
             let mut wake = false;
             let mut new_gop = false;
             for t in self.tags.drain(..) {
-                let start = (t.kind == TagKind::Video && t.keyframe && !t.seq_header).then(|| {
+                let video_start = t.kind == TagKind::Video && t.keyframe && !t.seq_header;
+                // Audio-only source (no video after AUDIO_ONLY_AFTER of audio, and none announced):
+                // viewers may start at an audio tag, one start point per AUDIO_ONLY_AFTER.
+                let audio_start = t.kind == TagKind::Audio
+                    && !t.seq_header
+                    && !self.seen_video
+                    && self.first_audio_dts.is_some_and(|d| f.dts - d >= AUDIO_ONLY_AFTER_90K)
+                    && slot
+                        .last_audio_start_ms
+                        .is_none_or(|m| t.timestamp_ms.wrapping_sub(m) >= (AUDIO_ONLY_AFTER_90K / 90) as u32);
+                if audio_start {
+                    slot.last_audio_start_ms = Some(t.timestamp_ms);
+                }
+                let start = (video_start || audio_start).then(|| {
                     new_gop = true;
                     Arc::new(StartInfo {
                         header: slot.muxer.header(self.seen_video, self.seen_audio),
