@@ -1,0 +1,205 @@
+//! Play routes: HTTP-FLV, WS-FLV and HLS (DESIGN.md §5).
+//!
+//! What belongs here: URL → [`StreamKey`] parsing, waiting for the first keyframe, and handing each
+//! batch of ready tags to the socket (hyper queues the `Bytes` of one batch and writes them with
+//! one `writev`; WebSocket feeds a batch and flushes once). What does not: stream state and
+//! lifecycle (`hub`), error mapping (`mod.rs`).
+
+use super::{ApiError, AppState};
+use crate::config::FlvHevc;
+use crate::hub::{FlvViewer, StreamKey};
+use crate::metrics::{metrics, protocol};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Instant;
+
+/// Query parameters of the play URLs.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct PlayQuery {
+    /// `enhanced` (default from config) or `codec-id-12`.
+    hevc: Option<String>,
+    /// 0 main stream, 1 sub-stream.
+    substream: Option<u8>,
+}
+
+fn bad_request(reason: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+}
+
+fn stream_key(device: String, channel: String, q: &PlayQuery) -> Result<StreamKey, ApiError> {
+    if channel.is_empty() || device.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "empty device or channel"));
+    }
+    if device == "rtp" {
+        return Ok(StreamKey::Rtp { name: channel });
+    }
+    let substream = q.substream.unwrap_or(0);
+    if substream > 1 {
+        return Err(bad_request(format!("substream {substream} (0 main, 1 sub)")));
+    }
+    Ok(StreamKey::Live { device, channel, substream })
+}
+
+fn hevc_mode(q: &PlayQuery, default: FlvHevc) -> Result<FlvHevc, ApiError> {
+    match q.hevc.as_deref() {
+        None | Some("") => Ok(default),
+        Some("enhanced") => Ok(FlvHevc::Enhanced),
+        Some("codec-id-12") | Some("12") => Ok(FlvHevc::CodecId12),
+        Some(other) => Err(bad_request(format!("hevc={other:?} (enhanced | codec-id-12)"))),
+    }
+}
+
+fn no_cache(resp: &mut Response) {
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+/// `GET|HEAD /live/{device}/{channel}.flv`, with or without a WebSocket upgrade.
+pub(super) async fn live_flv(
+    State(app): State<AppState>,
+    Path((device, file)): Path<(String, String)>,
+    query: Result<Query<PlayQuery>, QueryRejection>,
+    method: Method,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let Some(channel) = file.strip_suffix(".flv") else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{file:?} is not a .flv")));
+    };
+    let key = stream_key(device, channel.to_owned(), &q)?;
+    let mode = hevc_mode(&q, app.config.http.flv_hevc)?;
+    if method == Method::HEAD {
+        // HEAD never starts a pull; it says what a GET would carry.
+        let mut resp = StatusCode::OK.into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+        no_cache(&mut resp);
+        return Ok(resp);
+    }
+    let proto = if ws.is_ok() { "ws-flv" } else { "flv" };
+    let stream = app.hub.open(&key)?;
+    let mut viewer = stream.subscribe_flv(mode, proto);
+    let mut first = Vec::with_capacity(64);
+    viewer.first(&mut first).await?;
+    metrics().viewer_ttfb_seconds.get_or_create(&protocol(proto)).observe(t0.elapsed().as_secs_f64());
+
+    match ws {
+        Ok(upgrade) => Ok(upgrade.on_upgrade(move |socket| ws_flv(socket, viewer, first))),
+        Err(_) => {
+            let egress = metrics().egress_bytes.get_or_create(&protocol("flv")).clone();
+            egress.inc_by(first.iter().map(|b| b.len() as u64).sum());
+            let state = FlvBody { viewer, pending: first.into(), batch: Vec::with_capacity(64), egress };
+            let body = futures_util::stream::unfold(state, |mut st| async move {
+                if st.pending.is_empty() {
+                    st.batch.clear();
+                    if !st.viewer.next(&mut st.batch).await {
+                        return None;
+                    }
+                    st.egress.inc_by(st.batch.iter().map(|b| b.len() as u64).sum());
+                    st.pending.extend(st.batch.drain(..));
+                }
+                let b = st.pending.pop_front()?;
+                Some((Ok::<Bytes, Infallible>(b), st))
+            });
+            let mut resp = Response::new(Body::from_stream(body));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+            no_cache(&mut resp);
+            Ok(resp)
+        }
+    }
+}
+
+struct FlvBody {
+    viewer: FlvViewer,
+    /// The current batch, handed to hyper one `Bytes` at a time without waiting in between, so
+    /// hyper queues the whole batch for one vectored write.
+    pending: VecDeque<Bytes>,
+    batch: Vec<Bytes>,
+    egress: prometheus_client::metrics::counter::Counter,
+}
+
+/// WS-FLV: every batch goes out as binary messages fed together and flushed once.
+async fn ws_flv(socket: WebSocket, mut viewer: FlvViewer, first: Vec<Bytes>) {
+    let egress = metrics().egress_bytes.get_or_create(&protocol("ws-flv")).clone();
+    let (mut tx, mut rx) = socket.split();
+    let mut batch = first;
+    loop {
+        let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        for b in batch.drain(..) {
+            if tx.feed(Message::Binary(b)).await.is_err() {
+                return;
+            }
+        }
+        if tx.flush().await.is_err() {
+            return;
+        }
+        egress.inc_by(n);
+        tokio::select! {
+            more = viewer.next(&mut batch) => {
+                if !more {
+                    let _ = tx.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+            msg = rx.next() => match msg {
+                // The player only ever closes (or pings, which tungstenite answers).
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// `GET|HEAD /live/{device}/{channel}/index.m3u8` and `/live/{device}/{channel}/{seq}.ts`.
+pub(super) async fn live_hls(
+    State(app): State<AppState>,
+    Path((device, channel, file)): Path<(String, String, String)>,
+    query: Result<Query<PlayQuery>, QueryRejection>,
+    method: Method,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let key = stream_key(device, channel, &q)?;
+    if file == "index.m3u8" {
+        if method == Method::HEAD {
+            let mut resp = StatusCode::OK.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.apple.mpegurl"));
+            no_cache(&mut resp);
+            return Ok(resp);
+        }
+        let t0 = Instant::now();
+        let stream = app.hub.open(&key)?;
+        let text = stream.hls_playlist().await?;
+        metrics().viewer_ttfb_seconds.get_or_create(&protocol("hls")).observe(t0.elapsed().as_secs_f64());
+        metrics().egress_bytes.get_or_create(&protocol("hls")).inc_by(text.len() as u64);
+        let mut resp = text.into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.apple.mpegurl"));
+        no_cache(&mut resp);
+        return Ok(resp);
+    }
+    let seq: u64 = file.strip_suffix(".ts").and_then(|s| s.parse().ok()).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{file:?} is not a segment"))
+    })?;
+    // A segment never starts a pull: it only exists for a running stream.
+    let stream = app.hub.get(&key).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("stream {key} is not running"))
+    })?;
+    let data = stream.hls_segment(seq).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("segment {seq} not in window"))
+    })?;
+    if method != Method::HEAD {
+        metrics().egress_bytes.get_or_create(&protocol("hls")).inc_by(data.len() as u64);
+    }
+    let mut resp = Response::new(Body::from(data));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    Ok(resp)
+}
