@@ -14,6 +14,7 @@
 //! - [`metrics`]: every metric's name and labels.
 
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod loadtest;
@@ -23,3 +24,4 @@ pub mod proto;
 pub mod signal;
 pub mod sim;
 pub mod store;
+pub mod tools;
