@@ -202,7 +202,7 @@ async fn pump(
     let MediaSession { mut events, counters, handle, .. } = session;
     let _keep_open = handle;
     let mut demux = PsDemuxer::new(policy);
-    let mut tracks = (None, None);
+    let mut tracks = TrackState::default();
     let mut reported = PsReported::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -254,24 +254,41 @@ async fn pump(
 
 /// Hands every complete frame to the hub, announcing the tracks first when they change. False when
 /// the hub dropped its end.
-async fn drain(
-    demux: &mut PsDemuxer,
-    tx: &mpsc::Sender<SourceEvent>,
-    tracks: &mut (Option<crate::proto::codec::Codec>, Option<crate::proto::codec::Codec>),
-) -> bool {
+async fn drain(demux: &mut PsDemuxer, tx: &mpsc::Sender<SourceEvent>, tracks: &mut TrackState) -> bool {
     while let Some(frame) = demux.poll_frame() {
         let now = (demux.video_codec(), demux.audio_codec());
-        if now != *tracks {
-            *tracks = now;
+        if now != tracks.codecs {
+            tracks.codecs = now;
             if tx.send(SourceEvent::Tracks { video: now.0, audio: now.1 }).await.is_err() {
                 return false;
             }
+        }
+        // Audio whose DTS does not advance (a source that loops or restarts with overlapping
+        // audio, e.g. 10.11 s of AAC against 10 s of video) would make players reject the output
+        // ("non monotonically increasing dts"): drop it and count it. Video is passed on: dropping
+        // a reference picture would break every frame after it; the demuxer rebases video jumps.
+        if !frame.codec.is_video() {
+            if tracks.last_audio_dts.is_some_and(|last| frame.dts <= last) {
+                crate::metrics::metrics()
+                    .ps_quirks
+                    .get_or_create(&crate::metrics::reason("audio_dts_not_increasing"))
+                    .inc();
+                continue;
+            }
+            tracks.last_audio_dts = Some(frame.dts);
         }
         if tx.send(SourceEvent::Frame(frame)).await.is_err() {
             return false;
         }
     }
     true
+}
+
+/// What the pipeline last told the hub about the tracks.
+#[derive(Default)]
+struct TrackState {
+    codecs: (Option<crate::proto::codec::Codec>, Option<crate::proto::codec::Codec>),
+    last_audio_dts: Option<i64>,
 }
 
 /// PS counters already added to the process metrics (the demuxer's are cumulative).
@@ -330,7 +347,7 @@ impl RtpControl for RtpOpener {
                     ));
                 }
                 PortChoice::Pool
-            } else if req.port == cfg.media.rtp_port {
+            } else if req.port == cfg.media.rtp_port || req.port == media.shared_port() {
                 if req.ssrc.is_none() {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
