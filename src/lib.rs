@@ -16,6 +16,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod loadtest;
 pub mod media;
 pub mod metrics;
 pub mod proto;

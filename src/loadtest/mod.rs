@@ -1,0 +1,1 @@
+//! Placeholder: the load harness (issue 5), filled in by its owner.
