@@ -281,3 +281,48 @@ async fn sessions_left_in_the_store_by_a_previous_run_are_byed_at_start() {
     assert_eq!(m.from().unwrap().tag(), Some("f1"));
     assert!(store.list_sessions().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn invites_to_one_device_are_limited_in_number_and_paced() {
+    let store = Store::open_in_memory().unwrap();
+    let mut cfg = test_config();
+    cfg.sip.invite_concurrency = 1;
+    cfg.sip.invite_interval = Duration::from_millis(300);
+    let (h, _j) = start(cfg, store.clone()).await;
+    let mut ua = Ua::udp(NVR, "12345678", h.local_sip_addr()).await;
+    assert_eq!(ua.register(3600).await.status(), Some(200));
+    store
+        .replace_channels(
+            NVR,
+            &[ChannelRecord {
+                device_id: NVR.into(),
+                id: CH.into(),
+                status: "ON".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let h2 = h.clone();
+            let req = request(&h, Transport::Udp, Duration::from_secs(5));
+            tokio::spawn(async move { h2.invite(req).await })
+        })
+        .collect();
+    let first = ua.request(|m| m.method() == "INVITE", S).await.unwrap();
+    let t_first = Instant::now();
+    assert!(
+        ua.request(|m| m.method() == "INVITE" && m.call_id() != first.call_id(), Duration::from_millis(600))
+            .await
+            .is_none(),
+        "one INVITE at a time"
+    );
+    ua.answer(&first, 200, Some(("APPLICATION/SDP", answer_sdp(None).as_bytes()))).await;
+    let second = ua.request(|m| m.method() == "INVITE" && m.call_id() != first.call_id(), S).await.unwrap();
+    assert!(t_first.elapsed() >= Duration::from_millis(300));
+    ua.answer(&second, 200, Some(("APPLICATION/SDP", answer_sdp(None).as_bytes()))).await;
+    for c in calls {
+        let s = c.await.unwrap().unwrap();
+        assert!(s.answer.ssrc.is_some());
+    }
+}

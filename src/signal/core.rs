@@ -218,6 +218,9 @@ impl Core {
             if let Some((_, deadline)) = &self.shutdown {
                 let byes = self.txns.values().any(|t| matches!(t, Txn::Bye { .. }));
                 if !byes || Instant::now() >= *deadline {
+                    // Nothing is online once we stop answering.
+                    self.shared.online().clear();
+                    metrics().devices_online.set(0);
                     if let Some((reply, _)) = self.shutdown.take() {
                         let _ = reply.send(());
                     }
