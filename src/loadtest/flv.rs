@@ -84,7 +84,14 @@ pub fn classify_video(body: &[u8]) -> Option<(bool, bool)> {
 impl FlvScanner {
     /// A scanner keeping up to `capture_limit` body bytes of each video keyframe.
     pub fn new(capture_limit: usize) -> Self {
-        FlvScanner { state: State::FileHeader, hdr: Vec::with_capacity(16), cur: None, capture: false, capture_limit, offset: 0 }
+        FlvScanner {
+            state: State::FileHeader,
+            hdr: Vec::with_capacity(16),
+            cur: None,
+            capture: false,
+            capture_limit,
+            offset: 0,
+        }
     }
 
     /// Bytes consumed so far.
@@ -121,13 +128,23 @@ impl FlvScanner {
                         // §E.4.1: Reserved(2) Filter(1) TagType(5).
                         let tag_type = h[0] & 0x1F;
                         if !matches!(tag_type, 8 | 9 | 18) {
-                            return Err(FlvError::TagType { tag_type, offset: self.offset - TAG_HEADER as u64 });
+                            return Err(FlvError::TagType {
+                                tag_type,
+                                offset: self.offset - TAG_HEADER as u64,
+                            });
                         }
                         let data_size = u32::from_be_bytes([0, h[1], h[2], h[3]]);
                         let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
                         self.hdr.clear();
                         self.capture = tag_type == 9;
-                        self.cur = Some(Tag { tag_type, data_size, timestamp, keyframe: false, sequence_header: false, head: Vec::new() });
+                        self.cur = Some(Tag {
+                            tag_type,
+                            data_size,
+                            timestamp,
+                            keyframe: false,
+                            sequence_header: false,
+                            head: Vec::new(),
+                        });
                         if data_size == 0 {
                             self.finish_body();
                         } else {

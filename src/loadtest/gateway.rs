@@ -72,8 +72,10 @@ no_data_timeout = \"15s\"\nfirst_frame_timeout = \"10s\"\n\n[hls]\nsegment = \"2
 /// A free TCP port on 127.0.0.1 whose UDP twin is free too (SIP and the shared RTP port use both).
 pub fn free_port_pair() -> Result<u16, GatewayError> {
     for _ in 0..50 {
-        let t = TcpListener::bind("127.0.0.1:0").map_err(|source| GatewayError::Io { what: "bind a probe port".into(), source })?;
-        let port = t.local_addr().map_err(|source| GatewayError::Io { what: "probe port".into(), source })?.port();
+        let t = TcpListener::bind("127.0.0.1:0")
+            .map_err(|source| GatewayError::Io { what: "bind a probe port".into(), source })?;
+        let port =
+            t.local_addr().map_err(|source| GatewayError::Io { what: "probe port".into(), source })?.port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -87,7 +89,9 @@ pub fn free_range(n: u16) -> Result<(u16, u16), GatewayError> {
     let mut base: u16 = 20000 + (std::process::id() % 97) as u16 * 300;
     for _ in 0..40 {
         let end = base.checked_add(n - 1).ok_or(GatewayError::NoPorts { what: "port range" })?;
-        let all_free = (base..=end).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        let all_free = (base..=end).all(|p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        });
         if all_free {
             return Ok((base, end));
         }
@@ -112,7 +116,11 @@ fn log_tail(path: &Path) -> String {
 
 impl Gateway {
     /// Write the config, spawn the binary and wait for `/healthz` to answer 200.
-    pub async fn start(bin: &Path, cfg: GatewayConfig, ready_within: Duration) -> Result<Gateway, GatewayError> {
+    pub async fn start(
+        bin: &Path,
+        cfg: GatewayConfig,
+        ready_within: Duration,
+    ) -> Result<Gateway, GatewayError> {
         if !bin.exists() {
             return Err(GatewayError::NoBinary(bin.to_path_buf()));
         }
@@ -147,7 +155,11 @@ impl Gateway {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(GatewayError::NotReady { addr: cfg.http, after: ready_within, log: log_tail(&log_path) });
+                return Err(GatewayError::NotReady {
+                    addr: cfg.http,
+                    after: ready_within,
+                    log: log_tail(&log_path),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -155,22 +167,41 @@ impl Gateway {
     }
 
     /// `POST /api/v1/rtp` → the port to send to.
-    pub async fn open_rtp(&self, stream: &str, transport: &str, port: u16, ssrc: Option<u32>) -> Result<u16, GatewayError> {
+    pub async fn open_rtp(
+        &self,
+        stream: &str,
+        transport: &str,
+        port: u16,
+        ssrc: Option<u32>,
+    ) -> Result<u16, GatewayError> {
         let body = match ssrc {
-            Some(s) => format!(r#"{{"stream":"{stream}","transport":"{transport}","port":{port},"ssrc":{s}}}"#),
+            Some(s) => {
+                format!(r#"{{"stream":"{stream}","transport":"{transport}","port":{port},"ssrc":{s}}}"#)
+            }
             None => format!(r#"{{"stream":"{stream}","transport":"{transport}","port":{port}}}"#),
         };
-        let r = http::request(self.cfg.http, "POST", "/api/v1/rtp", Some(&body), Duration::from_secs(10)).await?;
+        let r =
+            http::request(self.cfg.http, "POST", "/api/v1/rtp", Some(&body), Duration::from_secs(10)).await?;
         let text = String::from_utf8_lossy(&r.body).to_string();
         if !(200..300).contains(&r.status) {
-            return Err(GatewayError::Status { call: format!("POST /api/v1/rtp {body}"), status: r.status, body: text });
+            return Err(GatewayError::Status {
+                call: format!("POST /api/v1/rtp {body}"),
+                status: r.status,
+                body: text,
+            });
         }
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|_| GatewayError::Status { call: "POST /api/v1/rtp (JSON answer)".into(), status: r.status, body: text.clone() })?;
-        v.get("port")
-            .and_then(|p| p.as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or(GatewayError::Status { call: "POST /api/v1/rtp (no \"port\")".into(), status: r.status, body: text })
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| GatewayError::Status {
+            call: "POST /api/v1/rtp (JSON answer)".into(),
+            status: r.status,
+            body: text.clone(),
+        })?;
+        v.get("port").and_then(|p| p.as_u64()).and_then(|p| u16::try_from(p).ok()).ok_or(
+            GatewayError::Status {
+                call: "POST /api/v1/rtp (no \"port\")".into(),
+                status: r.status,
+                body: text,
+            },
+        )
     }
 
     /// `DELETE /api/v1/rtp/<name>`.
@@ -178,7 +209,11 @@ impl Gateway {
         let path = format!("/api/v1/rtp/{stream}");
         let r = http::request(self.cfg.http, "DELETE", &path, None, Duration::from_secs(5)).await?;
         if !(200..300).contains(&r.status) {
-            return Err(GatewayError::Status { call: format!("DELETE {path}"), status: r.status, body: String::from_utf8_lossy(&r.body).into() });
+            return Err(GatewayError::Status {
+                call: format!("DELETE {path}"),
+                status: r.status,
+                body: String::from_utf8_lossy(&r.body).into(),
+            });
         }
         Ok(())
     }
@@ -187,7 +222,11 @@ impl Gateway {
     pub async fn scrape(&self) -> Result<Scrape, GatewayError> {
         let r = http::request(self.cfg.http, "GET", "/metrics", None, Duration::from_secs(10)).await?;
         if r.status != 200 {
-            return Err(GatewayError::Status { call: "GET /metrics".into(), status: r.status, body: String::from_utf8_lossy(&r.body).into() });
+            return Err(GatewayError::Status {
+                call: "GET /metrics".into(),
+                status: r.status,
+                body: String::from_utf8_lossy(&r.body).into(),
+            });
         }
         Ok(Scrape::parse(&String::from_utf8_lossy(&r.body)))
     }

@@ -106,7 +106,11 @@ impl Dechunker {
     }
 
     /// Decode `input`, appending payload slices to `out` (as ranges of `input`).
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<std::ops::Range<usize>>) -> Result<(), (u64, &'static str)> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<(), (u64, &'static str)> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -131,7 +135,8 @@ impl Dechunker {
                     if b != b'\n' {
                         return Err((self.offset, "LF expected after chunk size"));
                     }
-                    self.state = if self.size == 0 { ChunkState::Trailer } else { ChunkState::Data(self.size) };
+                    self.state =
+                        if self.size == 0 { ChunkState::Trailer } else { ChunkState::Data(self.size) };
                     self.size = 0;
                     self.digits = 0;
                 }
@@ -158,7 +163,11 @@ impl Dechunker {
                 }
                 ChunkState::Trailer => {
                     // Start of a trailer line (RFC 9112 §7.1.2): CR of the empty line ends the body.
-                    self.state = if b == b'\r' { ChunkState::TrailerLf { empty_line: true } } else { ChunkState::TrailerLine };
+                    self.state = if b == b'\r' {
+                        ChunkState::TrailerLf { empty_line: true }
+                    } else {
+                        ChunkState::TrailerLine
+                    };
                 }
                 ChunkState::TrailerLine => {
                     if b == b'\r' {
@@ -203,10 +212,17 @@ pub async fn request(
     }
 }
 
-async fn request_inner(addr: SocketAddr, method: &'static str, path: &str, body: Option<&str>) -> Result<Response, HttpError> {
+async fn request_inner(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<Response, HttpError> {
     let io = |source| HttpError::Io { method, path: path.to_string(), addr, source };
     let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: gbrelay-bench\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: gbrelay-bench\r\n"
+    );
     if let Some(b) = body {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
     }
@@ -223,7 +239,10 @@ async fn request_inner(addr: SocketAddr, method: &'static str, path: &str, body:
         let n = s.read(&mut tmp).await.map_err(io)?;
         ttfb.get_or_insert_with(|| sent.elapsed());
         if n == 0 {
-            return Err(HttpError::Head { path: path.to_string(), what: "connection closed before the head ended" });
+            return Err(HttpError::Head {
+                path: path.to_string(),
+                what: "connection closed before the head ended",
+            });
         }
         buf.extend_from_slice(&tmp[..n]);
         match parse_head(&buf) {
@@ -239,7 +258,11 @@ async fn request_inner(addr: SocketAddr, method: &'static str, path: &str, body:
     let body = if head.chunked && !no_body {
         let mut d = Dechunker::new();
         let mut ranges = Vec::new();
-        d.feed(&rest, &mut ranges).map_err(|(offset, what)| HttpError::Chunked { path: path.to_string(), offset, what })?;
+        d.feed(&rest, &mut ranges).map_err(|(offset, what)| HttpError::Chunked {
+            path: path.to_string(),
+            offset,
+            what,
+        })?;
         ranges.into_iter().flat_map(|r| rest[r].to_vec()).collect()
     } else if let Some(n) = head.content_length {
         rest.truncate(n as usize);
@@ -250,7 +273,11 @@ async fn request_inner(addr: SocketAddr, method: &'static str, path: &str, body:
     Ok(Response { status: head.status, body, ttfb: ttfb.unwrap_or_default() })
 }
 
-async fn read_to_end_limited(s: &mut TcpStream, buf: &mut Vec<u8>, limit: Option<u64>) -> std::io::Result<()> {
+async fn read_to_end_limited(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Option<u64>,
+) -> std::io::Result<()> {
     let mut tmp = [0u8; 16384];
     loop {
         if limit.is_some_and(|l| buf.len() as u64 >= l) {
@@ -348,7 +375,11 @@ mod tests {
         assert_eq!(whole, b"hello0123456789!");
         assert!(done);
         for split in 0..body.len() {
-            assert_eq!(dechunk_all(&[&body[..split], &body[split..]]).unwrap(), (whole.clone(), true), "split {split}");
+            assert_eq!(
+                dechunk_all(&[&body[..split], &body[split..]]).unwrap(),
+                (whole.clone(), true),
+                "split {split}"
+            );
         }
         let (part, done) = dechunk_all(&[&body[..20]]).unwrap();
         assert!(!done);

@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod schedule;
 pub mod source;
 pub mod stats;
+pub mod ts;
 pub mod viewer;
 
 mod report;
@@ -214,7 +215,12 @@ fn viewer_proto(p: Protocol, i: usize) -> ViewerProto {
 }
 
 /// Open one media-only receiver and make its source's target.
-async fn open_source(gw: &Gateway, opts: &BenchOptions, name: &str, ssrc: u32) -> Result<Target, GatewayError> {
+async fn open_source(
+    gw: &Gateway,
+    opts: &BenchOptions,
+    name: &str,
+    ssrc: u32,
+) -> Result<Target, GatewayError> {
     let tr = opts.transport;
     let io = |what: &str| {
         let what = what.to_string();
@@ -232,7 +238,8 @@ async fn open_source(gw: &Gateway, opts: &BenchOptions, name: &str, ssrc: u32) -
         }
         Transport::TcpActive => {
             // The gateway connects to us: we listen first and give it our port.
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("listen for TCP active"))?;
+            let l =
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("listen for TCP active"))?;
             let port = l.local_addr().map_err(io("listener address"))?.port();
             gw.open_rtp(name, "tcp-active", port, Some(ssrc)).await?;
             Ok(Target::TcpListen(l))
@@ -271,18 +278,27 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         ));
     }
     if opts.streams == 0 && (opts.join_running > 0 || opts.viewers_on_one > 0) {
-        return Err(BenchError::Options("--join-running and --viewers-on-one need at least one stream".into()));
+        return Err(BenchError::Options(
+            "--join-running and --viewers-on-one need at least one stream".into(),
+        ));
     }
-    let data = std::fs::read(&opts.media).map_err(|source| BenchError::Media { path: opts.media.clone(), source })?;
-    let probe = Schedule::build(&data, 1).map_err(|source| BenchError::Schedule { path: opts.media.clone(), source })?;
-    let ff_phase = Duration::from_millis(400) * opts.join_running as u32 + Duration::from_secs(if opts.join_before { 15 } else { 0 });
+    let data = std::fs::read(&opts.media)
+        .map_err(|source| BenchError::Media { path: opts.media.clone(), source })?;
+    let probe = Schedule::build(&data, 1)
+        .map_err(|source| BenchError::Schedule { path: opts.media.clone(), source })?;
+    let ff_phase = Duration::from_millis(400) * opts.join_running as u32
+        + Duration::from_secs(if opts.join_before { 15 } else { 0 });
     let total = opts.stagger + opts.warmup + opts.duration + ff_phase + Duration::from_secs(5);
     let loops = Schedule::loops_for(probe.loop_duration, total);
-    let sched = Arc::new(Schedule::build(&data, loops).map_err(|source| BenchError::Schedule { path: opts.media.clone(), source })?);
+    let sched = Arc::new(
+        Schedule::build(&data, loops)
+            .map_err(|source| BenchError::Schedule { path: opts.media.clone(), source })?,
+    );
     drop(probe);
 
     let uses_pool = opts.transport == Transport::UdpPool;
-    let dir = std::env::temp_dir().join(format!("gbrelay-bench-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir =
+        std::env::temp_dir().join(format!("gbrelay-bench-{}-{}", std::process::id(), rand::random::<u32>()));
     let cfg = GatewayConfig {
         sip: ([127, 0, 0, 1], gateway::free_port_pair()?).into(),
         http: ([127, 0, 0, 1], gateway::free_port_pair()?).into(),
@@ -310,7 +326,11 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
-async fn drive(opts: &BenchOptions, gw: &mut Gateway, sched: Arc<Schedule>) -> Result<BenchReport, BenchError> {
+async fn drive(
+    opts: &BenchOptions,
+    gw: &mut Gateway,
+    sched: Arc<Schedule>,
+) -> Result<BenchReport, BenchError> {
     let tck = procfs::clk_tck();
     let (_, cpus) = procfs::machine().unwrap_or(((0, 0), 1));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -373,7 +393,9 @@ async fn drive(opts: &BenchOptions, gw: &mut Gateway, sched: Arc<Schedule>) -> R
         }
     }
     for j in 0..opts.viewers_on_one {
-        let at = starts[0] + Duration::from_millis(300) + opts.stagger.mul_f64(j as f64 / opts.viewers_on_one as f64);
+        let at = starts[0]
+            + Duration::from_millis(300)
+            + opts.stagger.mul_f64(j as f64 / opts.viewers_on_one as f64);
         spawn_viewer(0, at, viewer_proto(opts.protocol, vi));
         vi += 1;
     }
@@ -433,7 +455,8 @@ async fn drive(opts: &BenchOptions, gw: &mut Gateway, sched: Arc<Schedule>) -> R
     };
 
     // First-frame scenario (b): the viewer is waiting before the source sends anything.
-    let join_before = if opts.join_before { Some(join_before(opts, gw, &sched, stop_rx.clone()).await) } else { None };
+    let join_before =
+        if opts.join_before { Some(join_before(opts, gw, &sched, stop_rx.clone()).await) } else { None };
 
     let _ = stop_tx.send(true);
     for t in source_tasks {
@@ -485,7 +508,12 @@ async fn drive(opts: &BenchOptions, gw: &mut Gateway, sched: Arc<Schedule>) -> R
     let report = BenchReport {
         options: opts.clone(),
         window_s: window.as_secs_f64(),
-        machine: MachineFigures { cpus, clk_tck: tck, busy_pct_all_cores: busy, harness_cpu_pct_of_core: harness_cpu },
+        machine: MachineFigures {
+            cpus,
+            clk_tck: tck,
+            busy_pct_all_cores: busy,
+            harness_cpu_pct_of_core: harness_cpu,
+        },
         gateway: GatewayFigures {
             cpu_pct_of_core: gw_cpu,
             cpu_pct_per_stream: gw_cpu.filter(|_| k > 0).map(|c| c / k as f64),
@@ -519,12 +547,19 @@ async fn drive(opts: &BenchOptions, gw: &mut Gateway, sched: Arc<Schedule>) -> R
 
 fn sent_totals(streams: &[StreamRun]) -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    streams.iter().fold((0, 0), |(p, b), s| (p + s.stats.packets.load(Relaxed), b + s.stats.bytes.load(Relaxed)))
+    streams
+        .iter()
+        .fold((0, 0), |(p, b), s| (p + s.stats.packets.load(Relaxed), b + s.stats.bytes.load(Relaxed)))
 }
 
 /// Scenario (b): open a new receiver, connect a viewer, wait, then start the source; the viewer must
 /// receive the source's very first keyframe, and we time it from the moment it left the source.
-async fn join_before(opts: &BenchOptions, gw: &Gateway, sched: &Arc<Schedule>, stop: watch::Receiver<bool>) -> JoinBefore {
+async fn join_before(
+    opts: &BenchOptions,
+    gw: &Gateway,
+    sched: &Arc<Schedule>,
+    stop: watch::Receiver<bool>,
+) -> JoinBefore {
     let name = "bench-first".to_string();
     let mut out = JoinBefore::default();
     let target = match open_source(gw, opts, &name, 2_000_000).await {
@@ -548,7 +583,15 @@ async fn join_before(opts: &BenchOptions, gw: &Gateway, sched: &Arc<Schedule>, s
     let wait = Duration::from_millis(500);
     tokio::time::sleep(wait).await;
     let start = Instant::now();
-    let src = tokio::spawn(source::run(sched.clone(), target, 2_000_000, start, start + Duration::from_secs(20), stats.clone(), stop));
+    let src = tokio::spawn(source::run(
+        sched.clone(),
+        target,
+        2_000_000,
+        start,
+        start + Duration::from_secs(20),
+        stats.clone(),
+        stop,
+    ));
     let r = v.await.unwrap_or_default();
     src.abort();
     out.viewer_waited_ms = wait.as_secs_f64() * 1e3;

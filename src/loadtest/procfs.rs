@@ -50,7 +50,9 @@ pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
 
 /// Number of `cpuN` lines in `/proc/stat`.
 pub fn parse_cpu_count(text: &str) -> usize {
-    text.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count()
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
 }
 
 fn read(path: &str) -> Result<String, ProcError> {

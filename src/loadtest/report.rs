@@ -251,16 +251,37 @@ impl fmt::Display for BenchReport {
             "gbrelay bench: mode {:?}, transport {:?}, {} streams × {} viewers (+{} on one), {:?} viewers, window {:.1} s",
             o.mode, o.transport, o.streams, o.viewers_per_stream, o.viewers_on_one, o.protocol, self.window_s
         )?;
-        row(f, "gateway CPU (% of one core)", format!("{}  ({} per stream)", Opt(g.cpu_pct_of_core), Opt(g.cpu_pct_per_stream)))?;
-        row(f, "gateway RSS idle / avg / max (KiB)", format!("{} / {} / {}", Opt(g.rss_idle_kib), Opt(g.rss_avg_kib), Opt(g.rss_max_kib)))?;
-        row(f, "RSS growth per stream / viewer (KiB)", format!("{} / {}", Opt(g.rss_per_stream_kib), Opt(g.rss_per_viewer_kib)))?;
+        row(
+            f,
+            "gateway CPU (% of one core)",
+            format!("{}  ({} per stream)", Opt(g.cpu_pct_of_core), Opt(g.cpu_pct_per_stream)),
+        )?;
+        row(
+            f,
+            "gateway RSS idle / avg / max (KiB)",
+            format!("{} / {} / {}", Opt(g.rss_idle_kib), Opt(g.rss_avg_kib), Opt(g.rss_max_kib)),
+        )?;
+        row(
+            f,
+            "RSS growth per stream / viewer (KiB)",
+            format!("{} / {}", Opt(g.rss_per_stream_kib), Opt(g.rss_per_viewer_kib)),
+        )?;
         row(
             f,
             "machine busy (% of all cores)",
-            format!("{} on {} CPUs; harness {}% of one core", Opt(self.machine.busy_pct_all_cores), self.machine.cpus, Opt(self.machine.harness_cpu_pct_of_core)),
+            format!(
+                "{} on {} CPUs; harness {}% of one core",
+                Opt(self.machine.busy_pct_all_cores),
+                self.machine.cpus,
+                Opt(self.machine.harness_cpu_pct_of_core)
+            ),
         )?;
         row(f, "sent / ingress (Mbit/s)", format!("{:.2} / {}", t.sent_mbit_s, Opt(t.ingress_mbit_s)))?;
-        row(f, "egress (metrics) / received (Mbit/s)", format!("{} / {:.2}", Opt(t.egress_mbit_s), t.received_mbit_s))?;
+        row(
+            f,
+            "egress (metrics) / received (Mbit/s)",
+            format!("{} / {:.2}", Opt(t.egress_mbit_s), t.received_mbit_s),
+        )?;
         row(
             f,
             "RTP sent / lost / late",
@@ -273,9 +294,17 @@ impl fmt::Display for BenchReport {
             format!("{} / {} / {} (flv {}, ws {}, hls {})", v.ok, v.failed, v.total, v.flv, v.ws, v.hls),
         )?;
         row(f, "not keyframe-first", v.not_keyframe_first.to_string())?;
-        row(f, "stalls (> 1 s) / viewers / max gap", format!("{} / {} / {:.0} ms", v.stalls, v.viewers_with_stalls, v.max_gap_ms))?;
+        row(
+            f,
+            "stalls (> 1 s) / viewers / max gap",
+            format!("{} / {} / {:.0} ms", v.stalls, v.viewers_with_stalls, v.max_gap_ms),
+        )?;
         row(f, "TTFB p50 / p99 (ms)", format!("{} / {}", Opt(v.ttfb_p50_ms), Opt(v.ttfb_p99_ms)))?;
-        row(f, "first keyframe p50 / p99 (ms)", format!("{} / {}", Opt(v.first_key_p50_ms), Opt(v.first_key_p99_ms)))?;
+        row(
+            f,
+            "first keyframe p50 / p99 (ms)",
+            format!("{} / {}", Opt(v.first_key_p50_ms), Opt(v.first_key_p99_ms)),
+        )?;
         row(f, "lag max / last p50 (ms)", format!("{} / {}", Opt(v.lag_max_ms), Opt(v.lag_last_p50_ms)))?;
         if let Some(j) = &self.join_running {
             row(
@@ -283,14 +312,27 @@ impl fmt::Display for BenchReport {
                 "join running: ok / keyframe-first",
                 format!("{} / {} of {}", j.ok, j.keyframe_first, j.joins),
             )?;
-            row(f, "join running: TTFB p50 / p99 (ms)", format!("{} / {}", Opt(j.ttfb_p50_ms), Opt(j.ttfb_p99_ms)))?;
-            row(f, "join running: keyframe p50 / p99 (ms)", format!("{} / {}", Opt(j.first_key_p50_ms), Opt(j.first_key_p99_ms)))?;
+            row(
+                f,
+                "join running: TTFB p50 / p99 (ms)",
+                format!("{} / {}", Opt(j.ttfb_p50_ms), Opt(j.ttfb_p99_ms)),
+            )?;
+            row(
+                f,
+                "join running: keyframe p50 / p99 (ms)",
+                format!("{} / {}", Opt(j.first_key_p50_ms), Opt(j.first_key_p99_ms)),
+            )?;
         }
         if let Some(j) = &self.join_before {
             row(
                 f,
                 "join before: got first keyframe",
-                format!("{:?} (keyframe #{:?}), delay {} ms", j.got_first_keyframe, j.first_keyframe_index, Opt(j.delay_ms)),
+                format!(
+                    "{:?} (keyframe #{:?}), delay {} ms",
+                    j.got_first_keyframe,
+                    j.first_keyframe_index,
+                    Opt(j.delay_ms)
+                ),
             )?;
             if let Some(e) = &j.error {
                 row(f, "join before: error", e.clone())?;
@@ -343,7 +385,11 @@ mod tests {
 
     #[test]
     fn join_summary_and_json() {
-        let rs = vec![r(1, Some(1), true, 0, None), r(2, Some(3), false, 0, None), r(9, None, false, 0, Some("x"))];
+        let rs = vec![
+            r(1, Some(1), true, 0, None),
+            r(2, Some(3), false, 0, None),
+            r(9, None, false, 0, Some("x")),
+        ];
         let j = JoinRunning::from_results(&rs);
         assert_eq!((j.joins, j.ok, j.keyframe_first), (3, 2, 1));
         assert_eq!(j.first_key_p50_ms, Some(1.0));

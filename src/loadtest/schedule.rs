@@ -204,7 +204,14 @@ fn scan_elems(data: &[u8]) -> Result<Vec<Elem>, ScheduleError> {
             }
             0xB9 => {
                 // MPEG_program_end_code, §2.5.3.1.
-                out.push(Elem { kind: ElemKind::Header, start: i, end: i + 4, clock: None, pts_at: None, dts_at: None });
+                out.push(Elem {
+                    kind: ElemKind::Header,
+                    start: i,
+                    end: i + 4,
+                    clock: None,
+                    pts_at: None,
+                    dts_at: None,
+                });
                 i += 4;
             }
             _ if id >= 0xBB => {
@@ -214,10 +221,20 @@ fn scan_elems(data: &[u8]) -> Result<Vec<Elem>, ScheduleError> {
                 let len = u16::from_be_bytes([data[i + 4], data[i + 5]]) as usize;
                 let end = i + 6 + len;
                 if len == 0 || end > data.len() {
-                    return Err(ScheduleError::Truncated { offset: i, what: "PES packet (length 0 or past the end)" });
+                    return Err(ScheduleError::Truncated {
+                        offset: i,
+                        what: "PES packet (length 0 or past the end)",
+                    });
                 }
                 if id == 0xBB || id == 0xBC {
-                    out.push(Elem { kind: ElemKind::Header, start: i, end, clock: None, pts_at: None, dts_at: None });
+                    out.push(Elem {
+                        kind: ElemKind::Header,
+                        start: i,
+                        end,
+                        clock: None,
+                        pts_at: None,
+                        dts_at: None,
+                    });
                 } else {
                     let (mut pts_at, mut dts_at, mut clock) = (None, None, None);
                     // §2.4.3.7: '10' marker, then PTS_DTS_flags in the next byte.
@@ -271,7 +288,14 @@ pub fn split_units(data: &[u8]) -> Result<Vec<RawUnit>, ScheduleError> {
                 units.push(u);
             }
             cur = Some((
-                RawUnit { start: e.start, end: e.end, scr: last_scr, pts: None, video_pts: None, is_video: false },
+                RawUnit {
+                    start: e.start,
+                    end: e.end,
+                    scr: last_scr,
+                    pts: None,
+                    video_pts: None,
+                    is_video: false,
+                },
                 None,
             ));
         }
@@ -399,7 +423,8 @@ impl Schedule {
         // Video PTS span → loop duration (plus the median frame interval).
         let mut vu = Unwrap::new(base_video_pts);
         let vpts: Vec<u64> = units.iter().filter_map(|u| u.video_pts).map(|p| vu.rel(p)).collect();
-        let mut deltas: Vec<u64> = vpts.windows(2).map(|w| w[1].saturating_sub(w[0])).filter(|d| *d > 0).collect();
+        let mut deltas: Vec<u64> =
+            vpts.windows(2).map(|w| w[1].saturating_sub(w[0])).filter(|d| *d > 0).collect();
         deltas.sort_unstable();
         let frame = deltas.get(deltas.len() / 2).copied().unwrap_or(3600);
         let loop_ticks = vpts.last().copied().unwrap_or(0) + frame;
@@ -461,7 +486,11 @@ impl Schedule {
                 let mut off = 0;
                 while off < buf.len() {
                     let end = (off + MAX_PAYLOAD).min(buf.len());
-                    s.packets.push(Packet { payload: buf.slice(off..end), ts: (pts & 0xFFFF_FFFF) as u32, marker: end == buf.len() });
+                    s.packets.push(Packet {
+                        payload: buf.slice(off..end),
+                        ts: (pts & 0xFFFF_FFFF) as u32,
+                        marker: end == buf.len(),
+                    });
                     off = end;
                 }
                 s.units.push(Unit { at, first, count: s.packets.len() - first, keyframe, video_pts });
@@ -607,7 +636,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_with_its_offset() {
-        assert_eq!(Schedule::build(b"\x00\x00\x02\xba", 1).unwrap_err(), ScheduleError::NoStartCode { offset: 0 });
+        assert_eq!(
+            Schedule::build(b"\x00\x00\x02\xba", 1).unwrap_err(),
+            ScheduleError::NoStartCode { offset: 0 }
+        );
         let data = sample();
         assert!(matches!(split_units(&data[..20]), Err(ScheduleError::Truncated { offset: 14, .. })));
     }

@@ -185,8 +185,17 @@ mod tests {
         let (_tx, stop) = watch::channel(false);
         let start = Instant::now();
         // 300 ms of the schedule: units due in [0, 300 ms].
-        let h = tokio::spawn(run(sched.clone(), Target::Udp(addr), 42, start, start + Duration::from_millis(300), stats.clone(), stop));
-        let expected: usize = sched.units.iter().take_while(|u| u.at <= Duration::from_millis(300)).map(|u| u.count).sum();
+        let h = tokio::spawn(run(
+            sched.clone(),
+            Target::Udp(addr),
+            42,
+            start,
+            start + Duration::from_millis(300),
+            stats.clone(),
+            stop,
+        ));
+        let expected: usize =
+            sched.units.iter().take_while(|u| u.at <= Duration::from_millis(300)).map(|u| u.count).sum();
         let mut buf = vec![0u8; 2048];
         let mut last_seq = None;
         for i in 0..expected {

@@ -57,7 +57,9 @@ impl Scrape {
                     None => continue,
                 },
             };
-            let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+            let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
             let name = series.split('{').next().unwrap_or(series);
             *s.by_name.entry(name.to_string()).or_default() += value;
             s.series.insert(series.to_string(), value);

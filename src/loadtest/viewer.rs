@@ -124,7 +124,8 @@ impl<'a> FlvTracker<'a> {
                     self.r.stalls += 1;
                 }
             }
-            if let (Some((ts0, pts0)), Some(started)) = (self.anchor, self.spec.source.started.started.get()) {
+            if let (Some((ts0, pts0)), Some(started)) = (self.anchor, self.spec.source.started.started.get())
+            {
                 let pts = pts0 + (t.timestamp.wrapping_sub(ts0) as u64) * 90;
                 let due = *started + Duration::from_micros(pts * 100 / 9);
                 let lag = now.saturating_duration_since(due);
@@ -153,7 +154,9 @@ pub async fn run(spec: ViewerSpec) -> ViewerResult {
     match spec.end {
         Some(end) => match tokio::time::timeout_at(end, fut).await {
             Ok(r) => r,
-            Err(_) => ViewerResult { error: Some("ended before the first response".into()), ..Default::default() },
+            Err(_) => {
+                ViewerResult { error: Some("ended before the first response".into()), ..Default::default() }
+            }
         },
         // A join probe: bounded by a generous first-frame budget.
         None => match tokio::time::timeout(Duration::from_secs(15), fut).await {
@@ -173,7 +176,10 @@ async fn run_flv(spec: &ViewerSpec) -> ViewerResult {
         Ok(s) => s,
         Err(e) => return ViewerResult { error: Some(format!("connect: {e}")), ..Default::default() },
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gbrelay-bench\r\nAccept: */*\r\n\r\n", spec.addr);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gbrelay-bench\r\nAccept: */*\r\n\r\n",
+        spec.addr
+    );
     let sent = Instant::now();
     if let Err(e) = s.write_all(req.as_bytes()).await {
         return ViewerResult { error: Some(format!("send: {e}")), ..Default::default() };
@@ -220,7 +226,11 @@ async fn run_flv(spec: &ViewerSpec) -> ViewerResult {
                 Ok(Some((h, len))) => {
                     tr.r.status = Some(h.status);
                     if h.status != 200 {
-                        tr.r.error = Some(format!("HTTP {}: {}", h.status, String::from_utf8_lossy(&head_buf[len..]).chars().take(200).collect::<String>()));
+                        tr.r.error = Some(format!(
+                            "HTTP {}: {}",
+                            h.status,
+                            String::from_utf8_lossy(&head_buf[len..]).chars().take(200).collect::<String>()
+                        ));
                         break;
                     }
                     head = Some(h);
@@ -235,7 +245,10 @@ async fn run_flv(spec: &ViewerSpec) -> ViewerResult {
         let res = if chunked {
             ranges.clear();
             match dechunk.feed(body, &mut ranges) {
-                Ok(()) => ranges.iter().try_for_each(|r| scanner.feed(&body[r.clone()], &mut tags)).map_err(|e| e.to_string()),
+                Ok(()) => ranges
+                    .iter()
+                    .try_for_each(|r| scanner.feed(&body[r.clone()], &mut tags))
+                    .map_err(|e| e.to_string()),
                 Err((o, w)) => Err(format!("chunked body at {o}: {w}")),
             }
         } else {
@@ -268,7 +281,9 @@ async fn run_ws(spec: &ViewerSpec) -> ViewerResult {
     let sent = Instant::now();
     let (mut ws, resp) = match tokio_tungstenite::client_async(url.as_str(), tcp).await {
         Ok(x) => x,
-        Err(e) => return ViewerResult { error: Some(format!("WebSocket handshake: {e}")), ..Default::default() },
+        Err(e) => {
+            return ViewerResult { error: Some(format!("WebSocket handshake: {e}")), ..Default::default() }
+        }
     };
     let mut tr = FlvTracker::new(spec, sent);
     tr.r.status = Some(resp.status().as_u16());
@@ -324,20 +339,27 @@ async fn run_hls(spec: &ViewerSpec) -> ViewerResult {
     let mut last_new: Option<(Instant, f64)> = None;
     while Instant::now() < end {
         let left = end.saturating_duration_since(Instant::now());
-        let resp = match http::request(spec.addr, "GET", &playlist_path, None, left.max(Duration::from_millis(1))).await {
-            Ok(x) => x,
-            Err(e) => {
-                if Instant::now() < end {
-                    r.error = Some(e.to_string());
+        let resp =
+            match http::request(spec.addr, "GET", &playlist_path, None, left.max(Duration::from_millis(1)))
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    if Instant::now() < end {
+                        r.error = Some(e.to_string());
+                    }
+                    break;
                 }
-                break;
-            }
-        };
+            };
         r.ttfb.get_or_insert(sent.elapsed());
         r.status.get_or_insert(resp.status);
         r.bytes += resp.body.len() as u64;
         if resp.status != 200 {
-            r.error = Some(format!("HTTP {} for the playlist: {}", resp.status, String::from_utf8_lossy(&resp.body).chars().take(200).collect::<String>()));
+            r.error = Some(format!(
+                "HTTP {} for the playlist: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body).chars().take(200).collect::<String>()
+            ));
             break;
         }
         let Some(pl) = http::parse_playlist(&String::from_utf8_lossy(&resp.body)) else {
@@ -367,9 +389,13 @@ async fn run_hls(spec: &ViewerSpec) -> ViewerResult {
             if r.first_key.is_none() {
                 r.first_key = Some(now - sent);
                 r.first_key_at = Some(now);
-                // A segment starts with a keyframe when its first TS packet carries a random access
-                // indicator or the video starts there; the harness checks only the TS sync byte.
-                r.keyframe_first = Some(seg.body.first() == Some(&0x47));
+                // The segment's first video frame must be a keyframe; recognise which one.
+                let es = super::ts::first_video_es(&seg.body, CAPTURE);
+                r.keyframe_first = super::ts::first_slice_is_key(&es);
+                if let Some(started) = spec.source.started.started.get() {
+                    r.first_key_index =
+                        spec.source.schedule.identify_keyframe(&es, now.saturating_duration_since(*started));
+                }
             }
             if now >= spec.window_start {
                 if let Some((t, d)) = last_new {
@@ -395,4 +421,117 @@ async fn run_hls(spec: &ViewerSpec) -> ViewerResult {
         tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now()))).await;
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadtest::schedule::{key_nal, Schedule};
+    use crate::loadtest::source::SourceStats;
+    use tokio::net::TcpListener;
+
+    fn tag(t: u8, ts: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        v.extend_from_slice(&ts.to_be_bytes()[1..]);
+        v.push((ts >> 24) as u8);
+        v.extend_from_slice(&[0, 0, 0]);
+        v.extend_from_slice(body);
+        v.extend_from_slice(&(body.len() as u32 + 11).to_be_bytes());
+        v
+    }
+
+    fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// A stand-in for the gateway's HTTP-FLV route: chunked FLV whose first video frame is the
+    /// sample's keyframe `key` (AVCC, 4-byte lengths), then inter frames every 40 ms.
+    async fn serve_flv(l: TcpListener, key_nal: Vec<u8>, gap_ms: u64) {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = vec![0u8; 1024];
+        let _ = s.read(&mut req).await.unwrap();
+        let mut out =
+            b"HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        chunk(&mut out, b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00");
+        chunk(&mut out, &tag(9, 0, &[0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f]));
+        let mut body = vec![0x17, 1, 0, 0, 0];
+        body.extend_from_slice(&(key_nal.len() as u32).to_be_bytes());
+        body.extend_from_slice(&key_nal);
+        let t = tag(9, 1000, &body);
+        // Split the keyframe tag across two chunks and two writes.
+        chunk(&mut out, &t[..700]);
+        s.write_all(&out).await.unwrap();
+        out.clear();
+        chunk(&mut out, &t[700..]);
+        s.write_all(&out).await.unwrap();
+        for i in 1..=5u32 {
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+            out.clear();
+            chunk(&mut out, &tag(9, 1000 + 40 * i, &[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41]));
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn sample_schedule() -> Arc<Schedule> {
+        let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/h264_aac.ps")).unwrap();
+        Arc::new(Schedule::build(&data, 1).unwrap())
+    }
+
+    fn idr_of_first_unit(s: &Schedule) -> Vec<u8> {
+        let u = &s.units[0];
+        let ps: Vec<u8> =
+            s.packets[u.first..u.first + u.count].iter().flat_map(|p| p.payload.to_vec()).collect();
+        // The PES payload starts after the pack, system header, PSM and PES header: find the
+        // Annex B IDR inside the raw PS bytes (start codes inside PS headers are not NAL units,
+        // but key_nal only accepts type 5).
+        key_nal(&ps, false).unwrap().to_vec()
+    }
+
+    async fn flv_viewer(gap_ms: u64, end: Option<Duration>) -> ViewerResult {
+        let sched = sample_schedule();
+        let key = idr_of_first_unit(&sched);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_flv(l, key, gap_ms));
+        let stats = Arc::new(SourceStats::default());
+        stats.started.set(Instant::now() - Duration::from_millis(100)).unwrap();
+        let now = Instant::now();
+        run(ViewerSpec {
+            proto: ViewerProto::Flv,
+            addr,
+            base_path: "/live/rtp/x".into(),
+            start: now,
+            end: end.map(|e| now + e),
+            window_start: now,
+            source: SourceClock { schedule: sched, started: stats },
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn flv_join_probe_recognises_the_first_keyframe() {
+        let r = flv_viewer(40, None).await;
+        assert_eq!(r.error, None);
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.keyframe_first, Some(true));
+        assert_eq!(r.first_key_index, Some(0), "fingerprint of keyframe 0 found in the tag");
+        assert!(r.ttfb.unwrap() <= r.first_key.unwrap());
+        assert_eq!(r.video_tags, 1, "a join probe stops at the first keyframe");
+    }
+
+    #[tokio::test]
+    async fn flv_viewer_counts_stalls_and_lag() {
+        let r = flv_viewer(1100, Some(Duration::from_millis(3500))).await;
+        assert_eq!(r.first_key_index, Some(0));
+        assert!(r.video_tags >= 3, "{r:?}");
+        assert!(r.stalls >= 2, "gaps of 1.1 s are stalls: {r:?}");
+        assert!(r.max_gap >= Duration::from_millis(1100));
+        // Frames are 40 ms apart in media time but 1.1 s apart on the wire: lag grows.
+        assert!(r.max_lag.unwrap() > Duration::from_secs(1), "{r:?}");
+    }
 }
