@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use gbrelay::loadtest::gateway::GatewayError;
-use gbrelay::loadtest::{run, BenchError, BenchOptions, Protocol, Transport};
+use gbrelay::loadtest::{run, BenchError, BenchOptions, Mode, Protocol, Transport};
 
 fn skip_reason(e: &BenchError) -> Option<String> {
     match e {
@@ -26,12 +26,18 @@ fn skip_reason(e: &BenchError) -> Option<String> {
         {
             Some("the gateway does not support POST /api/v1/rtp yet".into())
         }
+        BenchError::Gateway(GatewayError::Status { call, status: 0, .. })
+            if call.starts_with("register device") =>
+        {
+            Some("the gateway does not register devices and read their catalog yet".into())
+        }
         _ => None,
     }
 }
 
-async fn smoke(transport: Transport, protocol: Protocol) {
+async fn smoke(mode: Mode, transport: Transport, protocol: Protocol) {
     let opts = BenchOptions {
+        mode,
         gateway_bin: env!("CARGO_BIN_EXE_gbrelay").into(),
         media: concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/h264_aac.ps").into(),
         streams: 2,
@@ -49,7 +55,7 @@ async fn smoke(transport: Transport, protocol: Protocol) {
         Ok(r) => r,
         Err(e) => match skip_reason(&e) {
             Some(why) => {
-                eprintln!("SKIPPED loadtest smoke ({transport:?}): {why}");
+                eprintln!("SKIPPED loadtest smoke ({mode:?}, {transport:?}): {why}");
                 return;
             }
             None => panic!("bench run failed: {e}"),
@@ -65,6 +71,10 @@ async fn smoke(transport: Transport, protocol: Protocol) {
     let j = report.join_running.as_ref().expect("join-running ran");
     assert_eq!(j.ok, 5, "{report}");
     assert_eq!(j.keyframe_first, 5, "a viewer joining a running stream starts on a keyframe: {report}");
+    if mode == Mode::Sip {
+        let l = report.invite_to_keyframe.as_ref().expect("sip mode measures INVITE → keyframe");
+        assert_eq!(l.n, 2, "{report}");
+    }
     let b = report.join_before.as_ref().expect("join-before ran");
     assert_eq!(
         b.got_first_keyframe,
@@ -75,10 +85,15 @@ async fn smoke(transport: Transport, protocol: Protocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_drives_the_gateway_over_udp_with_flv_viewers() {
-    smoke(Transport::Udp, Protocol::Flv).await;
+    smoke(Mode::Rtp, Transport::Udp, Protocol::Flv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_drives_the_gateway_over_tcp_passive_with_mixed_viewers() {
-    smoke(Transport::TcpPassive, Protocol::Mixed).await;
+    smoke(Mode::Rtp, Transport::TcpPassive, Protocol::Mixed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_drives_the_gateway_through_simulated_sip_devices() {
+    smoke(Mode::Sip, Transport::TcpPassive, Protocol::Flv).await;
 }

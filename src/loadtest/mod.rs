@@ -11,6 +11,7 @@
 //! The gateway's figures come from its own `/proc/<pid>` entries, so the harness's processes are
 //! never counted in them; the harness's own CPU and the machine's busy share are reported beside.
 
+pub mod devices;
 pub mod flv;
 pub mod gateway;
 pub mod http;
@@ -147,6 +148,9 @@ pub struct BenchOptions {
     /// First-frame scenario (b): a viewer waits on a new stream before its source starts.
     #[arg(long)]
     pub join_before: bool,
+    /// `--mode sip`: channels per simulated device (1: one IPC per stream; more: NVRs).
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_device: usize,
     /// The gateway's log level (its `[log] level`).
     #[arg(long, default_value = "warn")]
     pub gateway_log: String,
@@ -171,6 +175,7 @@ impl Default for BenchOptions {
             media: "testdata/h264_aac.ps".into(),
             join_running: 0,
             join_before: false,
+            channels_per_device: 1,
             gateway_log: "warn".into(),
             keep: false,
         }
@@ -195,13 +200,24 @@ pub enum BenchError {
     Gateway(#[from] GatewayError),
     #[error("the gateway process died during the run; log tail:\n{0}")]
     GatewayDied(String),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 struct StreamRun {
+    /// `rtp`: the receiver's name (for DELETE); `sip`: the channel ID.
     name: String,
+    /// Play path without suffix: `/live/rtp/<name>` or `/live/<device>/<channel>`.
+    base_path: String,
     stats: Arc<SourceStats>,
+    /// `sip`: when the device received the INVITE.
+    invited: Option<Arc<std::sync::OnceLock<Instant>>>,
+}
+
+/// Where the streams come from.
+enum Sources {
+    /// Media-only receivers, one target per stream (sent by `source::run`).
+    Rtp(Vec<Target>),
+    /// Simulated devices pulled on demand.
+    Sip(devices::Fleet),
 }
 
 fn viewer_proto(p: Protocol, i: usize) -> ViewerProto {
@@ -272,11 +288,6 @@ impl Sampler {
 /// Run one benchmark and return its report (the caller prints it: `Display` is a table,
 /// [`BenchReport::to_json`] the JSON).
 pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
-    if opts.mode == Mode::Sip {
-        return Err(BenchError::Unsupported(
-            "--mode sip needs the device simulator (crate::sim), which this build does not have yet; use --mode rtp".into(),
-        ));
-    }
     if opts.streams == 0 && (opts.join_running > 0 || opts.viewers_on_one > 0) {
         return Err(BenchError::Options(
             "--join-running and --viewers-on-one need at least one stream".into(),
@@ -338,16 +349,42 @@ async fn drive(
     let mut errors: BTreeMap<String, u32> = BTreeMap::new();
     let mut note = |e: String| *errors.entry(e).or_default() += 1;
 
-    // Open every receiver first (the REST calls are not part of the measured window).
+    // Open every receiver, or register every device, first (not part of the measured window).
     let k = opts.streams;
-    let mut targets = Vec::with_capacity(k);
     let mut streams = Vec::with_capacity(k);
-    for i in 0..k {
-        let name = format!("bench{i}");
-        let target = open_source(gw, opts, &name, 1_000_000 + i as u32).await?;
-        targets.push(target);
-        streams.push(StreamRun { name, stats: Arc::new(SourceStats::default()) });
-    }
+    let mut sources = match opts.mode {
+        Mode::Rtp => {
+            let mut targets = Vec::with_capacity(k);
+            for i in 0..k {
+                let name = format!("bench{i}");
+                let target = open_source(gw, opts, &name, 1_000_000 + i as u32).await?;
+                targets.push(target);
+                let base_path = format!("/live/rtp/{name}");
+                streams.push(StreamRun {
+                    name,
+                    base_path,
+                    stats: Arc::new(SourceStats::default()),
+                    invited: None,
+                });
+            }
+            Sources::Rtp(targets)
+        }
+        Mode::Sip => {
+            // One more channel, kept idle, for the join-before scenario.
+            let n = k + usize::from(opts.join_before);
+            let mut fleet = devices::start(gw, gw.cfg.sip, &opts.media, n, opts.channels_per_device).await?;
+            for d in fleet.streams.drain(..) {
+                streams.push(StreamRun {
+                    base_path: format!("/live/{}/{}", d.device, d.channel),
+                    name: d.channel,
+                    stats: d.stats,
+                    invited: Some(d.invited),
+                });
+            }
+            Sources::Sip(fleet)
+        }
+    };
+    let reserved = if opts.mode == Mode::Sip && opts.join_before { streams.pop() } else { None };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now() + Duration::from_millis(200);
@@ -355,20 +392,41 @@ async fn drive(
     let window_end = window_start + opts.duration;
     let source_end = window_end + Duration::from_secs(3600);
     let mut source_tasks = Vec::with_capacity(k);
-    let mut starts = Vec::with_capacity(k);
-    for (i, target) in targets.into_iter().enumerate() {
-        let start = t0 + opts.stagger.mul_f64(i as f64 / k.max(1) as f64);
-        starts.push(start);
-        source_tasks.push(tokio::spawn(source::run(
-            sched.clone(),
-            target,
-            1_000_000 + i as u32,
-            start,
-            source_end,
-            streams[i].stats.clone(),
-            stop_rx.clone(),
-        )));
+    let starts: Vec<Instant> =
+        (0..k).map(|i| t0 + opts.stagger.mul_f64(i as f64 / k.max(1) as f64)).collect();
+    match &mut sources {
+        Sources::Rtp(targets) => {
+            for (i, target) in targets.drain(..).enumerate() {
+                source_tasks.push(tokio::spawn(source::run(
+                    sched.clone(),
+                    target,
+                    1_000_000 + i as u32,
+                    starts[i],
+                    source_end,
+                    streams[i].stats.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        Sources::Sip(_) => {
+            // Devices stream when pulled. A stream no viewer pulls is started through the API.
+            for (i, s) in streams.iter().enumerate() {
+                let pulled = opts.viewers_per_stream > 0 || (i == 0 && opts.viewers_on_one > 0);
+                if !pulled {
+                    let (addr, at) = (gw.cfg.http, starts[i]);
+                    let path = format!("/api/v1/streams{}", &s.base_path["/live".len()..]);
+                    source_tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        let _ = http::request(addr, "POST", &path, None, Duration::from_secs(15)).await;
+                    }));
+                }
+            }
+        }
     }
+    let sent_now = |streams: &[StreamRun], sources: &Sources| match sources {
+        Sources::Rtp(_) => sent_totals(streams),
+        Sources::Sip(f) => f.sent(),
+    };
 
     // Viewers: per stream, then the fan-out ones on stream 0.
     let mut viewer_tasks = Vec::new();
@@ -377,13 +435,13 @@ async fn drive(
         let spec = ViewerSpec {
             proto,
             addr: gw.cfg.http,
-            base_path: format!("/live/rtp/{}", streams[stream].name),
+            base_path: streams[stream].base_path.clone(),
             start,
             end: Some(window_end),
             window_start,
             source: SourceClock { schedule: sched.clone(), started: streams[stream].stats.clone() },
         };
-        viewer_tasks.push((proto, tokio::spawn(viewer::run(spec))));
+        viewer_tasks.push((proto, stream, tokio::spawn(viewer::run(spec))));
     };
     for (s, start) in starts.iter().enumerate() {
         for j in 0..opts.viewers_per_stream {
@@ -408,7 +466,7 @@ async fn drive(
     }
     let m0 = gw.scrape().await.map_err(|e| note(format!("/metrics at window start: {e}"))).ok();
     let s0 = Sampler::take(gw.pid, tck);
-    let sent0: (u64, u64) = sent_totals(&streams);
+    let sent0: (u64, u64) = sent_now(&streams, &sources);
     let mut rss = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while Instant::now() + Duration::from_millis(10) < window_end {
@@ -421,16 +479,29 @@ async fn drive(
         }
     }
     let s1 = Sampler::take(gw.pid, tck);
-    let sent1 = sent_totals(&streams);
+    let sent1 = sent_now(&streams, &sources);
     let m1 = gw.scrape().await.map_err(|e| note(format!("/metrics at window end: {e}"))).ok();
 
     let mut results: Vec<(ViewerProto, ViewerResult)> = Vec::with_capacity(viewers_total);
-    for (p, t) in viewer_tasks {
+    // sip: INVITE received by the device → first keyframe at the stream's first viewer.
+    let mut first_seen: Vec<Option<Instant>> = vec![None; streams.len()];
+    for (p, stream, t) in viewer_tasks {
         match t.await {
-            Ok(r) => results.push((p, r)),
+            Ok(r) => {
+                if let Some(at) = r.first_key_at {
+                    let f = &mut first_seen[stream];
+                    *f = Some(f.map_or(at, |x| x.min(at)));
+                }
+                results.push((p, r));
+            }
             Err(e) => note(format!("viewer task: {e}")),
         }
     }
+    let invite_to_key: Vec<Duration> = streams
+        .iter()
+        .zip(&first_seen)
+        .filter_map(|(s, seen)| Some(seen.as_ref()?.saturating_duration_since(*s.invited.as_ref()?.get()?)))
+        .collect();
 
     // First-frame scenario (a): joins of running stream 0.
     let join_running = if opts.join_running > 0 {
@@ -439,7 +510,7 @@ async fn drive(
             let spec = ViewerSpec {
                 proto: ViewerProto::Flv,
                 addr: gw.cfg.http,
-                base_path: format!("/live/rtp/{}", streams[0].name),
+                base_path: streams[0].base_path.clone(),
                 start: Instant::now(),
                 end: None,
                 window_start: Instant::now() + Duration::from_secs(3600),
@@ -455,8 +526,11 @@ async fn drive(
     };
 
     // First-frame scenario (b): the viewer is waiting before the source sends anything.
-    let join_before =
-        if opts.join_before { Some(join_before(opts, gw, &sched, stop_rx.clone()).await) } else { None };
+    let join_before = match (opts.join_before, reserved) {
+        (false, _) => None,
+        (true, Some(dev)) => Some(join_before_sip(gw, &sched, dev).await),
+        (true, None) => Some(join_before(opts, gw, &sched, stop_rx.clone()).await),
+    };
 
     let _ = stop_tx.send(true);
     for t in source_tasks {
@@ -467,11 +541,16 @@ async fn drive(
             note(format!("source: {e}"));
         }
     }
-    for s in &streams {
-        if let Err(e) = gw.close_rtp(&s.name).await {
-            note(format!("DELETE /api/v1/rtp: {e}"));
-            break;
+    match sources {
+        Sources::Rtp(_) => {
+            for s in &streams {
+                if let Err(e) = gw.close_rtp(&s.name).await {
+                    note(format!("DELETE /api/v1/rtp: {e}"));
+                    break;
+                }
+            }
         }
+        Sources::Sip(fleet) => fleet.stop().await,
     }
     for (_, r) in &results {
         if let Some(e) = &r.error {
@@ -537,6 +616,7 @@ async fn drive(
             metrics_read: m0.is_some() && m1.is_some(),
         },
         viewers,
+        invite_to_keyframe: (opts.mode == Mode::Sip).then(|| Latency::from_samples(&invite_to_key)),
         join_running,
         join_before,
         errors: errors.into_iter().map(|(e, n)| ErrorCount { error: e, count: n }).collect(),
@@ -603,6 +683,37 @@ async fn join_before(
     }
     out.error = r.error;
     let _ = gw.close_rtp(&name).await;
+    out
+}
+
+/// Scenario (b) through a device: the viewer's request makes the gateway INVITE an idle channel; the
+/// viewer must get the very first keyframe the device sends (the device starts from a keyframe).
+async fn join_before_sip(gw: &Gateway, sched: &Arc<Schedule>, dev: StreamRun) -> JoinBefore {
+    let mut out = JoinBefore::default();
+    let sent = Instant::now();
+    let spec = ViewerSpec {
+        proto: ViewerProto::Flv,
+        addr: gw.cfg.http,
+        base_path: dev.base_path.clone(),
+        start: sent,
+        end: None,
+        window_start: sent + Duration::from_secs(3600),
+        source: SourceClock { schedule: sched.clone(), started: dev.stats.clone() },
+    };
+    let r = viewer::run(spec).await;
+    if let Some(started) = dev.stats.started.get() {
+        out.viewer_waited_ms = started.saturating_duration_since(sent).as_secs_f64() * 1e3;
+    }
+    out.first_keyframe_index = r.first_key_index;
+    out.got_first_keyframe = r.first_key_index.map(|i| i == 0);
+    out.keyframe_first = r.keyframe_first;
+    if let (Some(recv), Some(sent)) = (r.first_key_at, dev.stats.first_key_sent.get()) {
+        out.delay_ms = Some(recv.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+    }
+    if let (Some(recv), Some(inv)) = (r.first_key_at, dev.invited.as_ref().and_then(|i| i.get())) {
+        out.invite_to_key_ms = Some(recv.saturating_duration_since(*inv).as_secs_f64() * 1e3);
+    }
+    out.error = r.error;
     out
 }
 

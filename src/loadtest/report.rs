@@ -183,9 +183,27 @@ pub struct JoinBefore {
     pub got_first_keyframe: Option<bool>,
     pub first_keyframe_index: Option<usize>,
     pub keyframe_first: Option<bool>,
-    /// Source wrote the first keyframe's last packet → viewer had the whole keyframe tag.
+    /// Source wrote the first keyframe's last packet → viewer had the whole keyframe tag (sip: from
+    /// the device's first RTP packet).
     pub delay_ms: Option<f64>,
+    /// sip: the device received the INVITE → the viewer had the first keyframe.
+    pub invite_to_key_ms: Option<f64>,
     pub error: Option<String>,
+}
+
+/// A latency distribution.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub n: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Latency {
+    pub fn from_samples(v: &[Duration]) -> Latency {
+        let (p50_ms, p99_ms) = p50_p99_ms(v);
+        Latency { n: v.len(), p50_ms, p99_ms }
+    }
 }
 
 /// A distinct error and how often it happened.
@@ -204,6 +222,8 @@ pub struct BenchReport {
     pub gateway: GatewayFigures,
     pub traffic: Traffic,
     pub viewers: ViewerSummary,
+    /// sip: INVITE received by the device → first keyframe at the stream's first viewer.
+    pub invite_to_keyframe: Option<Latency>,
     pub join_running: Option<JoinRunning>,
     pub join_before: Option<JoinBefore>,
     pub errors: Vec<ErrorCount>,
@@ -306,6 +326,13 @@ impl fmt::Display for BenchReport {
             format!("{} / {}", Opt(v.first_key_p50_ms), Opt(v.first_key_p99_ms)),
         )?;
         row(f, "lag max / last p50 (ms)", format!("{} / {}", Opt(v.lag_max_ms), Opt(v.lag_last_p50_ms)))?;
+        if let Some(l) = &self.invite_to_keyframe {
+            row(
+                f,
+                "INVITE → keyframe p50 / p99 (ms)",
+                format!("{} / {} (n = {})", Opt(l.p50_ms), Opt(l.p99_ms), l.n),
+            )?;
+        }
         if let Some(j) = &self.join_running {
             row(
                 f,
@@ -328,10 +355,11 @@ impl fmt::Display for BenchReport {
                 f,
                 "join before: got first keyframe",
                 format!(
-                    "{:?} (keyframe #{:?}), delay {} ms",
+                    "{:?} (keyframe #{:?}), delay {} ms, INVITE → keyframe {} ms",
                     j.got_first_keyframe,
                     j.first_keyframe_index,
-                    Opt(j.delay_ms)
+                    Opt(j.delay_ms),
+                    Opt(j.invite_to_key_ms)
                 ),
             )?;
             if let Some(e) = &j.error {
