@@ -535,3 +535,150 @@ mod tests {
         assert!(r.max_lag.unwrap() > Duration::from_secs(1), "{r:?}");
     }
 }
+
+#[cfg(test)]
+mod ws_hls_tests {
+    use super::*;
+    use crate::loadtest::schedule::{key_nal, Schedule};
+    use crate::loadtest::source::SourceStats;
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use axum::extract::Path;
+    use axum::routing::get;
+    use axum::Router;
+
+    fn sample() -> (Arc<Schedule>, Vec<u8>) {
+        let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/h264_aac.ps")).unwrap();
+        let s = Arc::new(Schedule::build(&data, 1).unwrap());
+        let u = &s.units[0];
+        let ps: Vec<u8> =
+            s.packets[u.first..u.first + u.count].iter().flat_map(|p| p.payload.to_vec()).collect();
+        let idr = key_nal(&ps, false).unwrap().to_vec();
+        (s, idr)
+    }
+
+    fn flv_tag(t: u8, ts: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        v.extend_from_slice(&ts.to_be_bytes()[1..]);
+        v.extend_from_slice(&[(ts >> 24) as u8, 0, 0, 0]);
+        v.extend_from_slice(body);
+        v.extend_from_slice(&(body.len() as u32 + 11).to_be_bytes());
+        v
+    }
+
+    /// TS packets (ISO/IEC 13818-1 §2.4.3.2) carrying one video PES with `es`, padded by adaptation fields.
+    fn ts_segment(es: &[u8]) -> Vec<u8> {
+        let mut pes = vec![0, 0, 1, 0xE0, 0, 0, 0x80, 0x80, 5, 0x21, 0, 1, 0, 1];
+        pes.extend_from_slice(es);
+        let mut out = Vec::new();
+        for (i, part) in pes.chunks(184).enumerate() {
+            let mut p = vec![0x47, if i == 0 { 0x41 } else { 0x01 }, 0x00];
+            let stuffing = 184 - part.len();
+            if stuffing == 0 {
+                p.push(0x10 | (i as u8 & 0xF));
+            } else {
+                p.push(0x30 | (i as u8 & 0xF));
+                p.push((stuffing - 1) as u8);
+                if stuffing > 1 {
+                    p.push(0);
+                    p.extend(std::iter::repeat_n(0xFF, stuffing - 2));
+                }
+            }
+            p.extend_from_slice(part);
+            out.extend_from_slice(&p);
+        }
+        out
+    }
+
+    async fn serve(app: Router) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        addr
+    }
+
+    fn spec(proto: ViewerProto, addr: SocketAddr, sched: Arc<Schedule>, end: Duration) -> ViewerSpec {
+        let stats = Arc::new(SourceStats::default());
+        stats.started.set(Instant::now() - Duration::from_millis(100)).unwrap();
+        let now = Instant::now();
+        ViewerSpec {
+            proto,
+            addr,
+            base_path: "/live/rtp/x".into(),
+            start: now,
+            end: Some(now + end),
+            window_start: now,
+            source: SourceClock { schedule: sched, started: stats },
+        }
+    }
+
+    #[tokio::test]
+    async fn ws_viewer_reads_flv_from_binary_messages() {
+        let (sched, idr) = sample();
+        let app = Router::new().route(
+            "/live/rtp/x.flv",
+            get(move |ws: WebSocketUpgrade| {
+                let idr = idr.clone();
+                async move {
+                    ws.on_upgrade(move |mut sock| async move {
+                        let mut key = vec![0x17, 1, 0, 0, 0];
+                        key.extend_from_slice(&(idr.len() as u32).to_be_bytes());
+                        key.extend_from_slice(&idr);
+                        let mut first = b"FLV\x01\x01\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+                        first.extend(flv_tag(9, 0, &[0x17, 0, 0, 0, 0, 1]));
+                        let _ = sock.send(Message::Binary(first.into())).await;
+                        let _ = sock.send(Message::Binary(flv_tag(9, 0, &key).into())).await;
+                        for i in 1..20u32 {
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                            let t = flv_tag(9, 40 * i, &[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41]);
+                            if sock.send(Message::Binary(t.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                }
+            }),
+        );
+        let addr = serve(app).await;
+        let r = run(spec(ViewerProto::Ws, addr, sched, Duration::from_millis(500))).await;
+        assert_eq!(r.error, None);
+        assert_eq!(r.status, Some(101));
+        assert_eq!(r.keyframe_first, Some(true));
+        assert_eq!(r.first_key_index, Some(0));
+        assert!(r.video_tags >= 5, "{r:?}");
+        assert_eq!(r.stalls, 0);
+    }
+
+    #[tokio::test]
+    async fn hls_viewer_follows_the_playlist_from_the_live_edge() {
+        let (sched, idr) = sample();
+        let mut es = vec![0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1];
+        es.extend_from_slice(&idr);
+        let seg = ts_segment(&es);
+        let born = std::time::Instant::now();
+        let app = Router::new()
+            .route(
+                "/live/rtp/x/index.m3u8",
+                get(move || async move {
+                    // A new 0.5 s segment every 0.5 s; the window holds the last three.
+                    let n = 3 + (born.elapsed().as_millis() / 500) as u64;
+                    let mut t =
+                        format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{}\n", n - 3);
+                    for s in n - 3..n {
+                        t.push_str(&format!("#EXTINF:0.500,\nseg{s}.ts\n"));
+                    }
+                    t
+                }),
+            )
+            .route("/live/rtp/x/{seg}", get(move |Path(_s): Path<String>| async move { seg.clone() }));
+        let addr = serve(app).await;
+        let r = run(spec(ViewerProto::Hls, addr, sched, Duration::from_millis(1800))).await;
+        assert_eq!(r.error, None);
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.keyframe_first, Some(true));
+        assert_eq!(r.first_key_index, Some(0));
+        // Starts at the newest segment, then takes each new one: about 1.8 s / 0.5 s of them.
+        assert!((3..=6).contains(&r.video_tags), "{r:?}");
+        assert_eq!(r.stalls, 0);
+    }
+}
