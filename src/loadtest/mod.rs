@@ -154,6 +154,9 @@ pub struct BenchOptions {
     /// The gateway's log level (its `[log] level`).
     #[arg(long, default_value = "warn")]
     pub gateway_log: String,
+    /// Also write the report as JSON to this file ("-": stdout, after the table).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// Keep the run directory (config, gateway log, store) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
@@ -177,6 +180,7 @@ impl Default for BenchOptions {
             join_before: false,
             channels_per_device: 1,
             gateway_log: "warn".into(),
+            json: None,
             keep: false,
         }
     }
@@ -283,6 +287,20 @@ impl Sampler {
             machine: procfs::machine().ok()?.0,
         })
     }
+}
+
+/// What `gbrelay bench` runs: [`run`], then the table on stdout and the JSON where `--json` says.
+pub async fn run_and_print(opts: BenchOptions) -> Result<BenchReport, BenchError> {
+    let json = opts.json.clone();
+    let report = run(opts).await?;
+    println!("{report}");
+    match json.as_deref() {
+        Some(p) if p == std::path::Path::new("-") => println!("{}", report.to_json()),
+        Some(p) => std::fs::write(p, report.to_json() + "\n")
+            .map_err(|source| BenchError::Options(format!("writing {}: {source}", p.display())))?,
+        None => {}
+    }
+    Ok(report)
 }
 
 /// Run one benchmark and return its report (the caller prints it: `Display` is a table,
