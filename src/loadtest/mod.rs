@@ -106,7 +106,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Options of a run (`gbrelay bench …`).
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct BenchOptions {
-    /// The gateway binary to start.
+    /// The gateway binary to start (when missing and the harness runs as `gbrelay bench`: itself).
     #[arg(long, default_value = "target/release/gbrelay")]
     pub gateway_bin: PathBuf,
     /// Number of streams (sources).
@@ -338,7 +338,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         log_level: opts.gateway_log.clone(),
     };
     tracing::info!(?cfg, "starting the gateway");
-    let mut gw = Gateway::start(&opts.gateway_bin, cfg, Duration::from_secs(15)).await?;
+    let mut gw = Gateway::start(&gateway_bin(&opts.gateway_bin), cfg, Duration::from_secs(15)).await?;
     let result = drive(&opts, &mut gw, sched).await;
     let log_tail = gw.log_tail();
     let alive = gw.alive();
@@ -353,6 +353,19 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     report.gateway.clean_exit = exit.map(|s| s.success());
     report.run_dir = opts.keep.then(|| dir.display().to_string());
     Ok(report)
+}
+
+/// The gateway binary: the given path; when it does not exist and this process is itself `gbrelay`
+/// (`gbrelay bench`), this executable.
+fn gateway_bin(given: &std::path::Path) -> PathBuf {
+    if !given.exists() {
+        if let Ok(me) = std::env::current_exe() {
+            if me.file_name().is_some_and(|n| n == "gbrelay") {
+                return me;
+            }
+        }
+    }
+    given.to_path_buf()
 }
 
 async fn drive(
