@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         ulaw: bool,
     },
+    /// Load harness: start the real gateway as a child process and drive it with sources and
+    /// viewers on 127.0.0.1; report CPU, RSS, rates, losses and first-frame latencies.
+    Bench {
+        #[command(flatten)]
+        opts: gbrelay::loadtest::BenchOptions,
+    },
     /// Run the GB/T 28181 device simulator (an NVR or IPC that registers, answers Catalog and
     /// INVITE, and streams a PS file).
     Sim {
@@ -88,6 +94,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gbrelay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench { opts } => {
+            init_logging("warn");
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("gbrelay bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(gbrelay::loadtest::run_and_print(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gbrelay bench: {e}");
                     ExitCode::FAILURE
                 }
             }
