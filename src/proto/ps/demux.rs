@@ -877,6 +877,10 @@ impl PsDemuxer {
     }
 
     fn audio_pes_done(&mut self, pes: PesAcc) {
+        if pes.len == 0 {
+            // An empty PES carries no frame (found by fuzzing: it made an empty G.711 frame).
+            return;
+        }
         let (h, n) = head::<2>(&pes.pieces);
         let codec = match self.psm_audio {
             Some(Ok(c)) => c,
