@@ -8,10 +8,8 @@
 //! unwrapping (`timeline.rs`), RTP (`proto::rtp`), muxing (`proto::mux`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
 
 use super::es::{self, AuInfo};
 use super::header::{self as hdr, ParseError, LOOKAHEAD};
@@ -153,9 +151,6 @@ pub struct PsDemuxer {
     aac_carry: Vec<u8>,
     aac_carry_pts: i64,
 }
-
-static START_FINDER: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(&hdr::START_CODE));
 
 fn concat(pieces: Vec<Bytes>, len: usize) -> Bytes {
     if pieces.len() == 1 {
@@ -350,7 +345,7 @@ impl PsDemuxer {
     /// One parsing step; false when nothing more can be done with the queued input.
     fn step(&mut self, eof: bool) -> bool {
         match self.state {
-            State::Header => self.step_header(eof),
+            State::Header => self.step_header(),
             State::Resync => self.step_scan(eof, false),
             State::Unbounded => self.step_scan(eof, true),
             State::Payload { remaining } => {
@@ -385,7 +380,7 @@ impl PsDemuxer {
         self.state = State::Resync;
     }
 
-    fn step_header(&mut self, eof: bool) -> bool {
+    fn step_header(&mut self) -> bool {
         let off = self.input.offset();
         let Some(h) = self.input.contiguous(4) else { return false };
         if h[..3] != hdr::START_CODE {
@@ -414,7 +409,7 @@ impl PsDemuxer {
                 if total == 6 && id != hdr::PADDING_STREAM {
                     // A length-0 private/unknown PES cannot be skipped by its length.
                     self.enter_resync(off, "length-0 PES of a stream we skip");
-                    self.input.skip(1);
+                    self.stats.bytes_skipped += self.input.skip(1) as u64;
                     return true;
                 }
                 match id {
@@ -434,9 +429,8 @@ impl PsDemuxer {
                 true
             }
             _ => {
-                let _ = eof;
                 self.enter_resync(off, "start code with a stream id that is no PS structure");
-                self.input.skip(1);
+                self.stats.bytes_skipped += self.input.skip(1) as u64;
                 true
             }
         }
@@ -451,7 +445,7 @@ impl PsDemuxer {
             Err(ParseError::Incomplete { .. }) => return false,
             Err(ParseError::Invalid { expected, .. }) => {
                 self.enter_resync(off, expected);
-                self.input.skip(1);
+                self.stats.bytes_skipped += self.input.skip(1) as u64;
                 return true;
             }
         };
@@ -566,7 +560,7 @@ impl PsDemuxer {
             Err(ParseError::Invalid { expected, .. }) => {
                 self.quirk("pes_header_invalid", off, || expected.to_string());
                 self.enter_resync(off, "invalid PES header");
-                self.input.skip(1);
+                self.stats.bytes_skipped += self.input.skip(1) as u64;
                 return true;
             }
         };
@@ -634,7 +628,7 @@ impl PsDemuxer {
         let len = front.len();
         let mut i = 0;
         let (stop, found) = loop {
-            let p = match START_FINDER.find(&front[i..]) {
+            let p = match es::find_start_code(&front[i..]) {
                 Some(o) => i + o,
                 None => {
                     // A start code may straddle into the next chunk.
@@ -883,21 +877,23 @@ impl PsDemuxer {
     }
 
     fn audio_pes_done(&mut self, pes: PesAcc) {
+        if pes.len == 0 {
+            // An empty PES carries no frame (found by fuzzing: it made an empty G.711 frame).
+            return;
+        }
         let (h, n) = head::<2>(&pes.pieces);
         let codec = match self.psm_audio {
             Some(Ok(c)) => c,
             _ => match self.audio_codec {
                 Some(c) => c,
                 None if n == 0 => return,
+                None if es::is_adts_sync(&h[..n]) => {
+                    self.quirk("psm_missing_codec_from_adts", pes.offset, || "AAC".into());
+                    Codec::Aac
+                }
                 None => {
-                    let c = if es::is_adts_sync(&h[..n]) {
-                        self.quirk("psm_missing_codec_from_adts", pes.offset, || "AAC".into());
-                        Codec::Aac
-                    } else {
-                        let c = if self.policy.g711_0x90_is_ulaw { Codec::G711U } else { Codec::G711A };
-                        self.quirk("audio_codec_guessed_g711", pes.offset, || format!("{c}"));
-                        c
-                    };
+                    let c = if self.policy.g711_0x90_is_ulaw { Codec::G711U } else { Codec::G711A };
+                    self.quirk("audio_codec_guessed_g711", pes.offset, || format!("{c}"));
                     c
                 }
             },

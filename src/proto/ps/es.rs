@@ -4,7 +4,7 @@
 //! What belongs here: cheap scans that stop early. What does not: SPS parsing, decoder
 //! configuration records (`proto::codec`).
 
-use crate::proto::codec::nal::{self, split_annexb};
+use crate::proto::codec::nal;
 use crate::proto::codec::Codec;
 
 /// What the head of an access unit says.
@@ -36,37 +36,77 @@ fn guess_one(n: &[u8]) -> Option<Codec> {
     None
 }
 
+/// Position of the first `00 00 01` in `hay` (ITU-T H.264 Annex B start code prefix; the same
+/// prefix as an MPEG system start code, ISO/IEC 13818-1 §2.4.3.7). Skips with `memchr` on the
+/// `01` byte, which is rare in compressed data.
+pub(crate) fn find_start_code(hay: &[u8]) -> Option<usize> {
+    let mut from = 2;
+    while from < hay.len() {
+        let q = from + memchr::memchr(1, &hay[from..])?;
+        if hay[q - 1] == 0 && hay[q - 2] == 0 {
+            return Some(q - 2);
+        }
+        from = q + 1;
+    }
+    None
+}
+
 /// Scan an access unit's NAL units up to its first slice (every slice of one picture has the same
-/// IDR/IRAP-ness: H.264 §7.4.1.2.4, H.265 §7.4.2.4.4), so the cost is the header NALs only.
+/// IDR/IRAP-ness: H.264 §7.4.1.2.4, H.265 §7.4.2.4.4), so the cost is the header NALs only: the
+/// end of a NAL is searched for only when the scan goes on past it.
 pub(crate) fn scan_au(au: &[u8], hint: Option<Codec>) -> AuInfo {
     let mut info = AuInfo::default();
-    for n in split_annexb(au) {
+    let Some(first) = find_start_code(au) else { return info };
+    let mut start = first + 3;
+    while start < au.len() {
+        let h = &au[start..(start + 2).min(au.len())];
         if info.guessed.is_none() {
-            info.guessed = guess_one(n);
+            info.guessed = guess_one(h);
         }
-        let start = n.as_ptr() as usize - au.as_ptr() as usize;
-        let range = Some((start, start + n.len()));
-        match info.guessed.or(hint) {
-            Some(Codec::H264) => match nal::h264_type(n) {
-                Some(nal::H264_SPS) => info.sps = range,
-                Some(nal::H264_PPS) => info.pps = range,
+        // H.265 needs nuh_temporal_id_plus1 != 0 (§7.4.2.2); `00 00` is no NAL header at all.
+        let h265_ok = h.len() == 2 && h[1] & 0x07 != 0;
+        let (vcl, slot) = match info.guessed.or(hint) {
+            Some(Codec::H264) => match nal::h264_type(h) {
+                Some(nal::H264_SPS) => (false, Some(1)),
+                Some(nal::H264_PPS) => (false, Some(2)),
                 Some(t @ 1..=5) => {
                     info.keyframe = t == nal::H264_IDR;
-                    break;
+                    (true, None)
                 }
-                _ => {}
+                _ => (false, None),
             },
-            Some(Codec::H265) => match nal::h265_type(n) {
-                Some(nal::H265_VPS) => info.vps = range,
-                Some(nal::H265_SPS) => info.sps = range,
-                Some(nal::H265_PPS) => info.pps = range,
+            Some(Codec::H265) if h265_ok => match nal::h265_type(h) {
+                Some(nal::H265_VPS) => (false, Some(0)),
+                Some(nal::H265_SPS) => (false, Some(1)),
+                Some(nal::H265_PPS) => (false, Some(2)),
                 Some(t @ 0..=31) => {
                     info.keyframe = nal::h265_is_irap(t);
-                    break;
+                    (true, None)
                 }
-                _ => {}
+                _ => (false, None),
             },
-            _ => {}
+            _ => (false, None),
+        };
+        if vcl {
+            break;
+        }
+        let next = find_start_code(&au[start..]).map(|o| start + o);
+        if let Some(slot) = slot {
+            let mut end = next.unwrap_or(au.len());
+            // A 4-byte start code's leading zero (and trailing_zero_8bits) belong to no NAL.
+            while end > start && au[end - 1] == 0 {
+                end -= 1;
+            }
+            let range = Some((start, end));
+            match slot {
+                0 => info.vps = range,
+                1 => info.sps = range,
+                _ => info.pps = range,
+            }
+        }
+        match next {
+            Some(p) => start = p + 3,
+            None => break,
         }
     }
     info

@@ -85,7 +85,7 @@ pub fn parse_pack_header(buf: &[u8]) -> Result<PackHeader, ParseError> {
     if b[0] >> 6 != 0b01 {
         return invalid(4, "'01' before system_clock_reference_base (MPEG-2 pack)");
     }
-    let scr_base = (u64::from(b[0] >> 3 & 0x07) << 30)
+    let scr_base = (u64::from((b[0] >> 3) & 0x07) << 30)
         | (u64::from(b[0] & 0x03) << 28)
         | (u64::from(b[1]) << 20)
         | (u64::from(b[2] >> 3) << 15)
@@ -138,7 +138,7 @@ fn read_ts(b: &[u8]) -> Option<u64> {
         return None;
     }
     Some(
-        (u64::from(b[0] >> 1 & 0x07) << 30)
+        (u64::from((b[0] >> 1) & 0x07) << 30)
             | (u64::from(b[1]) << 22)
             | (u64::from(b[2] >> 1) << 15)
             | (u64::from(b[3]) << 7)
@@ -220,9 +220,10 @@ pub fn header_plausible(buf: &[u8], accept_pes: bool) -> Result<bool, ParseError
         }
         PROGRAM_STREAM_MAP => {
             // §2.5.4.1: program_stream_map_length <= 1018 in the standard; allow vendor slack.
-            need(buf, 8)?;
+            // The marker bit is not checked: some devices write the byte as 0.
+            need(buf, 6)?;
             let len = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
-            Ok((6..=4096).contains(&len) && buf[7] & 0x01 != 0)
+            Ok((6..=4096).contains(&len))
         }
         PADDING_STREAM | PRIVATE_STREAM_2 => {
             need(buf, 6)?;

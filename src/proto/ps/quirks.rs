@@ -158,7 +158,7 @@ fn read_psm(b: &[u8]) -> Result<PsmSpec, ParseError> {
 
 fn put_ts(out: &mut Vec<u8>, prefix: u8, ts: u64) {
     let ts = ts & ((1 << 33) - 1);
-    out.push(prefix << 4 | ((ts >> 29) as u8 & 0x0e) | 1);
+    out.push((prefix << 4) | ((ts >> 29) as u8 & 0x0e) | 1);
     out.push((ts >> 22) as u8);
     out.push(((ts >> 14) as u8 & 0xfe) | 1);
     out.push((ts >> 7) as u8);

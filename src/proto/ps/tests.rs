@@ -314,8 +314,6 @@ fn psm_naming_the_wrong_video_codec_loses_to_the_nal_units() {
                 p.entries.iter_mut().filter(|e| e.stream_id == 0xE0).for_each(|e| e.stream_type = wrong)
             })
         });
-        let mut d = PsDemuxer::default();
-        d.push(Bytes::from(data.clone()));
         let got = one_shot(&data);
         assert_eq!(got.0, base.0, "{name}");
         assert!(video(&got.0).iter().all(|f| f.codec == right));
