@@ -9,7 +9,6 @@ use criterion::{black_box, criterion_group, Criterion, Throughput};
 use gbrelay::proto::codec::{Codec, Frame};
 use gbrelay::proto::mux::{FlvMuxer, FlvOptions, HlsOptions, HlsSegmenter, TsMuxer};
 
-#[allow(dead_code)]
 #[path = "../tests/mux_support/mod.rs"]
 mod mux_support;
 
