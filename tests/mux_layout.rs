@@ -484,3 +484,16 @@ fn extreme_and_backward_timestamps_never_panic_and_keep_ts_packets_whole() {
     assert!(hls.segments().iter().all(|s| s.duration_90k >= 1 && s.data.len() % 188 == 0));
     assert!(hls.playlist().starts_with("#EXTM3U\n"));
 }
+
+/// Fuzzer find: an SPS with 16-bit luma (bit_depth_luma_minus8 = 8) cannot be written into the
+/// 3-bit hvcC field; the record is refused instead of silently truncated.
+#[test]
+fn hevc_record_refuses_16_bit_depth() {
+    let data = bytes::Bytes::from(std::fs::read("fuzz/regressions/h265/crash-bitdepth16").unwrap());
+    let ps = h265::parameter_sets(&data);
+    assert!(HevcDecoderConfig::from_parameter_sets(&ps).is_err());
+    let f = Frame { codec: Codec::H265, pts: 0, dts: 0, keyframe: true, discontinuity: false, data };
+    let mut tags = Vec::new();
+    FlvMuxer::new(FlvOptions::default()).push(&f, &mut tags);
+    assert!(tags.is_empty(), "no decoder configuration, so no tags");
+}

@@ -211,6 +211,15 @@ impl HevcDecoderConfig {
             });
         }
         let sps = parse_sps(&ps.sps[0])?;
+        // §8.3.3.1.2: bitDepth{Luma,Chroma}Minus8 are 3-bit fields; H.265 allows up to 16-bit
+        // (minus8 = 8), which the record cannot express (found by fuzzing).
+        if sps.bit_depth_luma > 15 || sps.bit_depth_chroma > 15 {
+            return Err(CodecError::Invalid {
+                what: "bit depth not representable in HEVCDecoderConfigurationRecord",
+                value: sps.bit_depth_luma.max(sps.bit_depth_chroma).into(),
+                bit_offset: 0,
+            });
+        }
         Ok(HevcDecoderConfig {
             ptl: sps.ptl,
             min_spatial_segmentation_idc: 0,

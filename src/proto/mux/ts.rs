@@ -337,3 +337,22 @@ fn write_pes(
         first = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_mpeg2_matches_the_standard_check_value() {
+        // CRC-32/MPEG-2 check value for "123456789".
+        assert_eq!(crc32_mpeg2(b"123456789"), 0x0376_e6e7);
+    }
+
+    #[test]
+    fn pts_field_has_prefix_and_marker_bits() {
+        let mut v = Vec::new();
+        put_ts(&mut v, 2, 0x1_2345_6789);
+        // '0010' PTS[32..30] '1' | PTS[29..15] '1' | PTS[14..0] '1'
+        assert_eq!(v, vec![0x29, 0x8d, 0x15, 0xcf, 0x13]);
+    }
+}
