@@ -16,7 +16,10 @@ fn testdata(name: &str) -> PathBuf {
 fn have(tool: &str, args: &[&str]) -> bool {
     let ok = Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var_os("GBRELAY_REQUIRE_TOOLS").is_none(), "{tool} is required (GBRELAY_REQUIRE_TOOLS set)");
+        assert!(
+            std::env::var_os("GBRELAY_REQUIRE_TOOLS").is_none(),
+            "{tool} is required (GBRELAY_REQUIRE_TOOLS set)"
+        );
         eprintln!("skipping: {tool} not usable");
     }
     ok
@@ -57,7 +60,12 @@ fn video_packets(file: &Path) -> Vec<(bool, i64)> {
 }
 
 fn decodes_clean(file: &Path) {
-    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "decoding {} reported: {err}", file.display());
 }
@@ -69,7 +77,12 @@ fn check_ffmpeg_output(sample: &str, out: &Path) {
     assert_eq!(v["codec_name"], codec);
     assert_eq!(v["width"], 1280);
     assert_eq!(v["height"], 720);
-    assert_eq!(v["nb_read_frames"].as_str().unwrap().parse::<u64>().unwrap(), exp["video"]["frames"].as_u64().unwrap(), "{}", out.display());
+    assert_eq!(
+        v["nb_read_frames"].as_str().unwrap().parse::<u64>().unwrap(),
+        exp["video"]["frames"].as_u64().unwrap(),
+        "{}",
+        out.display()
+    );
     let pkts = video_packets(out);
     assert!(pkts.first().is_some_and(|p| p.0), "first video packet is a keyframe");
     assert!(pkts.windows(2).all(|w| w[1].1 > w[0].1), "video DTS increasing");
@@ -99,12 +112,22 @@ fn check_audio(sample: &str, out: &Path, expect_audio_in_output: bool) {
             assert_eq!(a["codec_name"], "pcm_alaw");
             // G.711 lasts the clip: 500 frames of 160 samples at 8 kHz = 10 s.
             let out = Command::new("ffprobe")
-                .args(["-v", "error", "-select_streams", "a", "-show_entries", "packet=pts_time,duration_time", "-of", "csv=p=0"])
+                .args([
+                    "-v",
+                    "error",
+                    "-select_streams",
+                    "a",
+                    "-show_entries",
+                    "packet=pts_time,duration_time",
+                    "-of",
+                    "csv=p=0",
+                ])
                 .arg(out)
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            let last = text.lines().filter_map(|l| l.split(',').next()?.parse::<f64>().ok()).fold(0.0, f64::max);
+            let last =
+                text.lines().filter_map(|l| l.split(',').next()?.parse::<f64>().ok()).fold(0.0, f64::max);
             assert!((9.8..=10.2).contains(&(last + 0.02)), "G.711 lasts the clip: last pts {last}");
         }
         other => panic!("unexpected {other}"),
@@ -199,7 +222,11 @@ print(v.codec_context.name, v.codec_context.width, v.codec_context.height, nv, a
     let out = Command::new("python3").args(["-c", script]).arg(&flv).output().unwrap();
     assert!(out.status.success(), "PyAV: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["hevc", "1280", "720", "250", "aac", "158", "True", "True"], "{text}");
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["hevc", "1280", "720", "250", "aac", "158", "True", "True"],
+        "{text}"
+    );
 }
 
 #[test]
@@ -230,7 +257,15 @@ fn probe_and_remux_read_rfc4571_rtp_captures() {
     let ps = std::fs::read(testdata("h264_aac.ps")).unwrap();
     let mut cap = Vec::new();
     for (i, chunk) in ps.chunks(1400).enumerate() {
-        let pkt = gbrelay::proto::rtp::RtpPacket::new(96, i as u16, 0, 0x0200_0001, false, bytes::Bytes::copy_from_slice(chunk)).encode();
+        let pkt = gbrelay::proto::rtp::RtpPacket::new(
+            96,
+            i as u16,
+            0,
+            0x0200_0001,
+            false,
+            bytes::Bytes::copy_from_slice(chunk),
+        )
+        .encode();
         cap.extend_from_slice(&gbrelay::proto::rtp::frame_4571(&pkt));
     }
     let dir = tempfile::tempdir().unwrap();
