@@ -83,11 +83,19 @@ async fn setup(
     sim_edit(&mut sc);
     let sim = Simulator::start(sc).await.expect("simulator starts");
     let env = Env { gw, sim: Some(sim), _dir: dir };
-    wait_until(Duration::from_secs(10), || {
-        env.gw.signal.device_online(DEVICE)
-            && env.gw.store.channel_count(DEVICE).unwrap_or(0) == env.sim().channel_ids().len()
-    })
-    .await;
+    let t0 = Instant::now();
+    while !(env.gw.signal.device_online(DEVICE)
+        && env.gw.store.channel_count(DEVICE).unwrap_or(0) == env.sim().channel_ids().len())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "device not registered with its catalog: online={} channels={:?} sim={:?}",
+            env.gw.signal.device_online(DEVICE),
+            env.gw.store.channel_count(DEVICE),
+            env.sim().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     env
 }
 
