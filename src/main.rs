@@ -71,6 +71,27 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Run one async command on a multi-threaded runtime; its error is printed with `name`.
+fn block_on<T, E: std::fmt::Display>(
+    name: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -83,54 +104,15 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log.level);
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("gbrelay: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(gbrelay::gateway::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gbrelay: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("gbrelay", gbrelay::gateway::run(cfg))
         }
         Command::Bench { opts } => {
             init_logging("warn");
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("gbrelay bench: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(gbrelay::loadtest::run_and_print(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gbrelay bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("gbrelay bench", gbrelay::loadtest::run_and_print(opts))
         }
         Command::Sim { args } => {
             init_logging("info");
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("gbrelay sim: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(args.run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gbrelay sim: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("gbrelay sim", args.run())
         }
         Command::Probe { file, json, ulaw } => {
             let policy = gbrelay::proto::ps::DemuxPolicy { g711_0x90_is_ulaw: ulaw };

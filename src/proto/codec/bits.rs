@@ -2,10 +2,13 @@
 //!
 //! What belongs here: emulation-prevention removal (ITU-T H.264 §7.4.1 / H.265 §7.4.2:
 //! `00 00 03` → `00 00`), a big-endian bit reader with `u(n)` and Exp-Golomb `ue(v)` / `se(v)`
-//! (H.264 §9.1, H.265 §9.2), and [`CodecError`]. What does not: any syntax structure (SPS, VPS,
+//! (H.264 §9.1, H.265 §9.2), a byte taker for decoder configuration records, and [`CodecError`].
+//! What does not: any syntax structure (SPS, VPS,
 //! ADTS): those live in `h264`, `h265`, `aac`.
 //!
 //! Every read is checked: running out of bits is an error, never a panic.
+
+use bytes::Bytes;
 
 /// Why a codec structure could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +129,37 @@ impl<'a> BitReader<'a> {
             return Err(CodecError::Invalid { what, value: u64::from(v), bit_offset: at });
         }
         Ok(v)
+    }
+}
+
+/// Takes byte ranges off the front of a record (avcC, hvcC), naming what was cut short in the
+/// error. The ranges are zero-copy slices of one copy of the input.
+pub(crate) struct ByteTaker {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl ByteTaker {
+    pub(crate) fn new(buf: &[u8]) -> ByteTaker {
+        ByteTaker { buf: Bytes::copy_from_slice(buf), pos: 0 }
+    }
+
+    /// The next `n` bytes, or `Truncated` with the offset where they were expected.
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<Bytes, CodecError> {
+        if self.buf.len() < self.pos + n {
+            return Err(CodecError::Truncated { what, bit_offset: self.pos * 8 });
+        }
+        let s = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(s)
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub(crate) fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
     }
 }
 

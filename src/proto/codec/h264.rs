@@ -298,17 +298,8 @@ impl AvcDecoderConfig {
 
     /// Parse a record (as found in an FLV sequence header or an `avcC` box).
     pub fn parse(buf: &[u8]) -> Result<Self, CodecError> {
-        let b = Bytes::copy_from_slice(buf);
-        let mut pos = 0usize;
-        let take = |pos: &mut usize, n: usize, what: &'static str| -> Result<Bytes, CodecError> {
-            if b.len() < *pos + n {
-                return Err(CodecError::Truncated { what, bit_offset: *pos * 8 });
-            }
-            let s = b.slice(*pos..*pos + n);
-            *pos += n;
-            Ok(s)
-        };
-        let head = take(&mut pos, 6, "AVCDecoderConfigurationRecord header")?;
+        let mut r = super::bits::ByteTaker::new(buf);
+        let head = r.take(6, "AVCDecoderConfigurationRecord header")?;
         if head[0] != 1 {
             return Err(CodecError::Invalid {
                 what: "configurationVersion",
@@ -323,25 +314,18 @@ impl AvcDecoderConfig {
         }
         let mut sps = Vec::new();
         for _ in 0..(head[5] & 0x1f) {
-            let l = take(&mut pos, 2, "sequenceParameterSetLength")?;
-            sps.push(take(
-                &mut pos,
-                usize::from(u16::from_be_bytes([l[0], l[1]])),
-                "sequenceParameterSetNALUnit",
-            )?);
+            let l = r.take(2, "sequenceParameterSetLength")?;
+            sps.push(r.take(usize::from(u16::from_be_bytes([l[0], l[1]])), "sequenceParameterSetNALUnit")?);
         }
-        let n = take(&mut pos, 1, "numOfPictureParameterSets")?[0];
+        let n = r.take(1, "numOfPictureParameterSets")?[0];
         let mut pps = Vec::new();
         for _ in 0..n {
-            let l = take(&mut pos, 2, "pictureParameterSetLength")?;
-            pps.push(take(
-                &mut pos,
-                usize::from(u16::from_be_bytes([l[0], l[1]])),
-                "pictureParameterSetNALUnit",
-            )?);
+            let l = r.take(2, "pictureParameterSetLength")?;
+            pps.push(r.take(usize::from(u16::from_be_bytes([l[0], l[1]])), "pictureParameterSetNALUnit")?);
         }
-        let high_profile_ext = if matches!(head[1], 100 | 110 | 122 | 144) && b.len() >= pos + 3 {
-            Some((b[pos] & 3, b[pos + 1] & 7, b[pos + 2] & 7))
+        let high_profile_ext = if matches!(head[1], 100 | 110 | 122 | 144) && r.remaining() >= 3 {
+            let t = r.rest();
+            Some((t[0] & 3, t[1] & 7, t[2] & 7))
         } else {
             None
         };

@@ -279,17 +279,8 @@ impl HevcDecoderConfig {
 
     /// Parse a record (FLV sequence start, `hvcC` box).
     pub fn parse(buf: &[u8]) -> Result<Self, CodecError> {
-        let b = Bytes::copy_from_slice(buf);
-        let mut pos = 0usize;
-        let take = |pos: &mut usize, n: usize, what: &'static str| -> Result<Bytes, CodecError> {
-            if b.len() < *pos + n {
-                return Err(CodecError::Truncated { what, bit_offset: *pos * 8 });
-            }
-            let s = b.slice(*pos..*pos + n);
-            *pos += n;
-            Ok(s)
-        };
-        let h = take(&mut pos, 23, "HEVCDecoderConfigurationRecord header")?;
+        let mut r = super::bits::ByteTaker::new(buf);
+        let h = r.take(23, "HEVCDecoderConfigurationRecord header")?;
         if h[0] != 1 {
             return Err(CodecError::Invalid {
                 what: "configurationVersion",
@@ -310,12 +301,12 @@ impl HevcDecoderConfig {
         let n_arrays = h[22];
         let mut arrays = Vec::new();
         for _ in 0..n_arrays {
-            let a = take(&mut pos, 3, "array header")?;
+            let a = r.take(3, "array header")?;
             let count = u16::from_be_bytes([a[1], a[2]]);
             let mut nals = Vec::new();
             for _ in 0..count {
-                let l = take(&mut pos, 2, "nalUnitLength")?;
-                nals.push(take(&mut pos, usize::from(u16::from_be_bytes([l[0], l[1]])), "nalUnit")?);
+                let l = r.take(2, "nalUnitLength")?;
+                nals.push(r.take(usize::from(u16::from_be_bytes([l[0], l[1]])), "nalUnit")?);
             }
             arrays.push((a[0] & 0x80 != 0, a[0] & 0x3f, nals));
         }
