@@ -224,8 +224,11 @@ async fn pump(
             }
             ev = events.recv() => match ev {
                 None => break ("media receiver closed".into(), false),
-                Some(MediaEvent::Payload(b)) => {
-                    demux.push(b);
+                Some(MediaEvent::Payload { data, marker }) => {
+                    demux.push(data);
+                    if marker {
+                        demux.end_of_unit();
+                    }
                     if !drain(&mut demux, &tx, &mut tracks).await {
                         break ("hub went away".into(), false);
                     }

@@ -154,6 +154,9 @@ fn demux_all(
                 }
                 last_seq = Some(pkt.seq);
                 demuxer.push(pkt.payload);
+                if pkt.marker {
+                    demuxer.end_of_unit();
+                }
                 while let Some(f) = demuxer.poll_frame() {
                     sink(f);
                 }

@@ -70,6 +70,12 @@ async fn setup(
     sim_edit: impl FnOnce(&mut SimConfig),
     edit: impl FnOnce(&mut Config),
 ) -> Env {
+    // `RUST_LOG=gbrelay=debug cargo test --test gateway_e2e` shows the gateway's and the
+    // simulator's logs of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), transport, edit);
     let gw = start(cfg).await.expect("gateway starts");

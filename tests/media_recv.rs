@@ -62,7 +62,7 @@ async fn payloads(s: &mut MediaSession, n: usize) -> (Vec<Bytes>, u32) {
     let mut lost = 0;
     while out.len() < n {
         match next_event(s).await {
-            MediaEvent::Payload(p) => out.push(p),
+            MediaEvent::Payload { data, .. } => out.push(data),
             MediaEvent::Loss { lost: l } => lost += l,
             MediaEvent::Closed { reason } => panic!("closed early: {reason}"),
         }
@@ -377,7 +377,10 @@ async fn lagging_consumer_loses_payloads_as_a_counted_loss_not_memory() {
     // The next payload is preceded by a Loss covering what was dropped.
     c.write_all(&framed(n..n + 1, 0, b'm')).await.unwrap();
     assert_eq!(next_event(&mut a).await, MediaEvent::Loss { lost: u32::from(extra) });
-    assert_eq!(next_event(&mut a).await, MediaEvent::Payload(Bytes::from(vec![b'm'; 30])));
+    assert_eq!(
+        next_event(&mut a).await,
+        MediaEvent::Payload { data: Bytes::from(vec![b'm'; 30]), marker: false }
+    );
 }
 
 #[tokio::test]
@@ -438,7 +441,10 @@ async fn udp_gap_is_given_up_after_reorder_wait_not_later() {
     let t = tokio::time::Instant::now();
     assert_eq!(next_event(&mut a).await, MediaEvent::Loss { lost: 1 });
     let waited = t.elapsed();
-    assert_eq!(next_event(&mut a).await, MediaEvent::Payload(Bytes::from_static(&[4])));
+    assert_eq!(
+        next_event(&mut a).await,
+        MediaEvent::Payload { data: Bytes::from_static(&[4]), marker: false }
+    );
     // reorder_wait is 150 ms in these tests; allow scheduling slack but no long stall.
     assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(450), "{waited:?}");
     assert_eq!(a.counters.snapshot().lost, 1);

@@ -140,8 +140,10 @@ pub struct OpenRequest {
 /// What a stream delivers, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    /// An RTP payload (MPEG-PS bytes), in sequence order.
-    Payload(Bytes),
+    /// An RTP payload (MPEG-PS bytes), in sequence order, with the packet's marker bit: set on
+    /// the last packet of a frame (GB/T 28181-2016 Annex C; RFC 3551 §4.1 leaves its meaning to
+    /// the payload format), so the demuxer can hand the frame on without waiting for the next.
+    Payload { data: Bytes, marker: bool },
     /// `lost` packets were given up (or dropped because the consumer lagged): drop the partial
     /// frame and resynchronise.
     Loss { lost: u32 },
@@ -294,7 +296,7 @@ impl Session {
 
     fn note_dropped(&self, ev: MediaEvent) {
         match ev {
-            MediaEvent::Payload(_) => {
+            MediaEvent::Payload { .. } => {
                 self.pending_loss.fetch_add(1, Relaxed);
                 self.counters.overflow.fetch_add(1, Relaxed);
                 dropped("consumer_lagging");
@@ -340,7 +342,7 @@ impl Ordered {
     pub(crate) fn drain(&mut self, now: std::time::Instant, s: &Session) {
         while let Some(d) = self.window.pop(now) {
             match d {
-                Delivery::Packet(p) => s.emit(MediaEvent::Payload(p.payload)),
+                Delivery::Packet(p) => s.emit(MediaEvent::Payload { data: p.payload, marker: p.marker }),
                 Delivery::Gap { lost } => s.emit(MediaEvent::Loss { lost: u32::from(lost) }),
             }
         }

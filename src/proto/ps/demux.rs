@@ -150,6 +150,14 @@ pub struct PsDemuxer {
     audio_next: Option<i64>,
     aac_carry: Vec<u8>,
     aac_carry_pts: i64,
+    /// The transport's end-of-frame marks are believed (see [`PsDemuxer::end_of_unit`]); false
+    /// for good once one was found inside a PES or inside a frame.
+    marks_trusted: bool,
+    /// The last frame was ended by a mark: `Some(its PTS)` until the next video PES shows
+    /// whether the mark really was at a frame boundary.
+    mark_cut: Option<Option<u64>>,
+    /// An unbounded PES was ended by a mark: the next pushed bytes must begin with a start code.
+    mark_cut_unbounded: bool,
 }
 
 fn concat(pieces: Vec<Bytes>, len: usize) -> Bytes {
@@ -217,13 +225,69 @@ impl PsDemuxer {
             audio_next: None,
             aac_carry: Vec::new(),
             aac_carry_pts: 0,
+            marks_trusted: true,
+            mark_cut: None,
+            mark_cut_unbounded: false,
         }
     }
 
     /// Queue PS bytes, split anywhere. Parsing happens in [`Self::poll_frame`]; drain it after
     /// each push (the queue holds what was pushed and not yet parsed).
     pub fn push(&mut self, data: Bytes) {
+        if std::mem::take(&mut self.mark_cut_unbounded) && !data.starts_with(&hdr::START_CODE[..]) {
+            // The PES the mark ended goes on: the mark was not at a PES end.
+            let off = self.input.offset();
+            self.distrust_marks(off, "an unbounded PES went on after the mark");
+        }
         self.input.push(data);
+    }
+
+    /// The transport says the bytes pushed so far end a frame: the RTP marker bit, set on the
+    /// last packet of a frame (GB/T 28181-2016 Annex C.2, as RFC 2250 §2 does for MPEG). The
+    /// frame being assembled is then complete now, instead of when the next frame's PES arrives
+    /// (one frame interval later), so a viewer gets the first keyframe as soon as it is whole;
+    /// a PES with PES_packet_length 0 ends here too.
+    ///
+    /// Policy (`rtp_marker_misplaced`): a mark is acted on only where the parse is at a PES end
+    /// (or inside an unbounded video PES) and the frame holds a slice. A mark met inside a
+    /// bounded PES, an unbounded PES that goes on in the next packet, or a next video PES that
+    /// continues the frame a mark ended (no PTS, or the same PTS) shows the device marks
+    /// something else than frame ends: marks are ignored for the rest of the stream and frames
+    /// end at the next frame's PES as without marks. Only the last case can have cut a frame.
+    pub fn end_of_unit(&mut self) {
+        if !self.marks_trusted {
+            return;
+        }
+        while self.step(false) {}
+        if !self.input.is_empty() {
+            // A header cut short at the packet's end (or a start-code look-alike held back).
+            return;
+        }
+        match self.state {
+            State::Header => {}
+            State::Unbounded if self.pes.as_ref().is_some_and(|p| p.dest == Dest::Video) => {
+                self.pes_end();
+                self.state = State::Header;
+                self.mark_cut_unbounded = true;
+            }
+            State::Payload { remaining } if remaining > 0 => {
+                let off = self.input.offset();
+                self.distrust_marks(off, "mark inside a PES");
+                return;
+            }
+            _ => return,
+        }
+        let pts = self.frame.as_ref().map(|f| f.pts);
+        if self.finish_video(true) {
+            self.mark_cut = pts;
+        }
+    }
+
+    fn distrust_marks(&mut self, off: u64, why: &'static str) {
+        self.marks_trusted = false;
+        self.mark_cut = None;
+        self.mark_cut_unbounded = false;
+        self.quirk("rtp_marker_misplaced", off, || format!("{why}: transport frame marks ignored"));
     }
 
     /// The next complete frame, in stream order, or `None` until more input arrives.
@@ -727,6 +791,18 @@ impl PsDemuxer {
     fn video_pes_done(&mut self, pes: PesAcc) {
         let (h, n) = head::<6>(&pes.pieces);
         let h = &h[..n];
+        if let Some(cut_pts) = self.mark_cut.take() {
+            // The frame before was ended by a transport mark: this PES must begin a new one.
+            let continues = self.frame.is_none()
+                && !es::starts_with_aud(h)
+                && match pes.pts {
+                    Some(p) => cut_pts == Some(p),
+                    None => !(pes.after_pack && es::starts_with_start_code(h)),
+                };
+            if continues {
+                self.distrust_marks(pes.offset, "a frame went on after the mark");
+            }
+        }
         let boundary = match &self.frame {
             None => true,
             Some(f) => {
@@ -780,15 +856,29 @@ impl PsDemuxer {
     }
 
     fn finish_video_frame(&mut self) {
-        let Some(f) = self.frame.take() else { return };
+        self.finish_video(false);
+    }
+
+    /// Complete the frame being assembled. With `need_slice`, a frame without a slice NAL unit
+    /// yet (parameter sets only) stays open and `false` is returned.
+    fn finish_video(&mut self, need_slice: bool) -> bool {
+        let Some(f) = self.frame.take() else { return false };
         if f.overflow || f.len == 0 {
-            return;
+            if need_slice {
+                self.frame = Some(f);
+            }
+            return false;
         }
+        let (len, offset, pts, dts) = (f.len, f.offset, f.pts, f.dts);
         let data = concat(f.pieces, f.len);
         let hint = self.video_codec.or(self.psm_video);
         let mut info: AuInfo = es::scan_au(&data, hint);
         if info.guessed.is_some() && info.guessed != hint {
             info = es::scan_au(&data, info.guessed);
+        }
+        if need_slice && !info.slice {
+            self.frame = Some(FrameAcc { pts, dts, pieces: vec![data], len, offset, overflow: false });
+            return false;
         }
         let mut discontinuity = false;
         if let Some(g) = info.guessed {
@@ -796,23 +886,23 @@ impl PsDemuxer {
                 self.psm_checked = true;
                 if self.psm_video != Some(g) {
                     let t = self.psm_video_type;
-                    self.quirk("psm_wrong_video_codec", f.offset, || {
+                    self.quirk("psm_wrong_video_codec", offset, || {
                         format!("PSM stream type {t:02x?}, NAL units say {g}")
                     });
                 }
             }
             if !self.psm_seen && self.video_codec.is_none() {
-                self.quirk("psm_missing_codec_from_nal", f.offset, || format!("{g} from NAL units"));
+                self.quirk("psm_missing_codec_from_nal", offset, || format!("{g} from NAL units"));
             }
         }
         let Some(codec) = info.guessed.or(self.video_codec).or(self.psm_video) else {
-            self.quirk("video_codec_unknown", f.offset, || "frame dropped: codec unknown".into());
-            return;
+            self.quirk("video_codec_unknown", offset, || "frame dropped: codec unknown".into());
+            return true;
         };
         if let Some(prev) = self.video_codec {
             if prev != codec {
                 discontinuity = true;
-                self.quirk("codec_change", f.offset, || format!("{prev} -> {codec}"));
+                self.quirk("codec_change", offset, || format!("{prev} -> {codec}"));
             }
         }
         self.video_codec = Some(codec);
@@ -820,7 +910,7 @@ impl PsDemuxer {
             let sps = data.slice(s..e);
             if self.params.sps.as_ref().is_some_and(|old| *old != sps) {
                 if !discontinuity {
-                    self.quirk("sps_change", f.offset, || "new sequence parameter set".into());
+                    self.quirk("sps_change", offset, || "new sequence parameter set".into());
                 }
                 discontinuity = true;
             }
@@ -828,17 +918,17 @@ impl PsDemuxer {
             self.params.vps = info.vps.map(|(s, e)| data.slice(s..e));
             self.params.pps = info.pps.map(|(s, e)| data.slice(s..e));
         }
-        let (pts, dts) = match f.pts {
+        let (pts, dts) = match pts {
             Some(p) => {
                 let prev = self.vclock.last;
                 let (pts, dts, ev) = self.timeline.map(
                     &mut self.vclock,
                     &mut self.aclock,
                     p,
-                    f.dts.unwrap_or(p),
+                    dts.unwrap_or(p),
                     self.video_step,
                 );
-                self.clock_event(ev, f.offset);
+                self.clock_event(ev, offset);
                 if let Some(prev) = prev {
                     let d = dts - prev;
                     if (1..=90_000).contains(&d) && !matches!(ev, ClockEvent::Jump { .. }) {
@@ -849,11 +939,11 @@ impl PsDemuxer {
             }
             None => {
                 let Some(last) = self.vclock.last.or(self.timeline.last_any()) else {
-                    self.quirk("no_timestamp", f.offset, || "video frame dropped".into());
-                    return;
+                    self.quirk("no_timestamp", offset, || "video frame dropped".into());
+                    return true;
                 };
                 let t = last + self.video_step;
-                self.quirk("pts_missing_extrapolated", f.offset, || format!("{t}"));
+                self.quirk("pts_missing_extrapolated", offset, || format!("{t}"));
                 self.timeline.note(&mut self.vclock, t);
                 (t, t)
             }
@@ -861,6 +951,7 @@ impl PsDemuxer {
         discontinuity |= std::mem::take(&mut self.vclock.discontinuity);
         self.stats.frames_video += 1;
         self.out.push_back(Frame { codec, pts, dts, keyframe: info.keyframe, discontinuity, data });
+        true
     }
 
     fn clock_event(&mut self, ev: ClockEvent, off: u64) {

@@ -13,6 +13,8 @@ pub(crate) struct AuInfo {
     /// Codec decided by a parameter set or IDR NAL (same rule as [`nal::guess_video_codec`]).
     pub guessed: Option<Codec>,
     pub keyframe: bool,
+    /// A slice (VCL NAL unit) was found: the access unit holds a picture.
+    pub slice: bool,
     /// Byte ranges (without start code) of the parameter sets before the first slice.
     pub vps: Option<(usize, usize)>,
     pub sps: Option<(usize, usize)>,
@@ -88,6 +90,7 @@ pub(crate) fn scan_au(au: &[u8], hint: Option<Codec>) -> AuInfo {
             _ => (false, None),
         };
         if vcl {
+            info.slice = true;
             break;
         }
         let next = find_start_code(&au[start..]).map(|o| start + o);

@@ -57,6 +57,7 @@
 //! | `adts_sync_lost` / `adts_split_across_pes` | AAC bytes without sync skipped / ADTS frame completed from the next PES |
 //! | `pts_missing_extrapolated` / `no_timestamp` | no PTS at all: one frame duration after the last, else dropped |
 //! | `loss_dropped_frame` | [`PsDemuxer::notify_loss`]: the frame being assembled is dropped |
+//! | `rtp_marker_misplaced` | [`PsDemuxer::end_of_unit`] (RTP marker) inside a PES or a frame: marks ignored from then on |
 //! | `truncated_at_end` | `flush` with an unfinished PES or header: dropped |
 //! | `video_codec_unknown` | no PSM and no parameter set yet: frame dropped |
 //! | `psm_invalid` / `psm_length_clamped` / `pes_header_invalid` / `pack_marker_bits` | malformed structures |

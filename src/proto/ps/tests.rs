@@ -604,3 +604,158 @@ proptest! {
         prop_assert!(got == want);
     }
 }
+
+// ---- Transport frame marks (RTP marker bit): `PsDemuxer::end_of_unit` ----
+
+/// The units a GB device sends as one RTP "frame" each (the last packet marked): a pack with what
+/// follows it, and a run of audio PES after video on its own.
+fn rtp_units(units: &[Unit]) -> Vec<Vec<Unit>> {
+    let mut out: Vec<Vec<Unit>> = Vec::new();
+    for u in units {
+        let new = match u {
+            Unit::Pack { .. } => true,
+            _ if u.is_audio() => out.last().is_some_and(|g| g.iter().any(Unit::is_video)),
+            _ => false,
+        };
+        if new || out.is_empty() {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("a group").push(u.clone());
+    }
+    out
+}
+
+/// Feed each unit in `chunk`-byte pieces, marking its last piece; after each unit, check that
+/// every video frame whose PES has arrived is out already. Returns (frames, stats).
+fn run_marked(groups: &[Vec<Unit>], chunk: usize, check_prompt: bool) -> (Vec<Frame>, PsStats) {
+    let mut d = PsDemuxer::new(DemuxPolicy::default());
+    let mut frames = Vec::new();
+    let mut pts_seen = std::collections::BTreeSet::new();
+    for (i, g) in groups.iter().enumerate() {
+        let bytes = Bytes::from(quirks::write(g));
+        let mut k = 0;
+        while k < bytes.len() {
+            let e = (k + chunk).min(bytes.len());
+            d.push(bytes.slice(k..e));
+            if e == bytes.len() {
+                d.end_of_unit();
+            }
+            while let Some(f) = d.poll_frame() {
+                frames.push(f);
+            }
+            d.check_invariants();
+            k = e;
+        }
+        for u in g {
+            if let Unit::Pes(p) = u {
+                if u.is_video() {
+                    pts_seen.extend(p.pts);
+                }
+            }
+        }
+        if check_prompt {
+            assert_eq!(
+                video(&frames).len(),
+                pts_seen.len(),
+                "unit {i}: every frame whose last packet came is out at its mark"
+            );
+        }
+    }
+    d.flush();
+    while let Some(f) = d.poll_frame() {
+        frames.push(f);
+    }
+    (frames, d.stats().clone())
+}
+
+#[test]
+fn rtp_marks_hand_each_frame_on_at_its_last_packet_and_change_no_frame() {
+    for name in SAMPLES {
+        let base = one_shot(&sample(name));
+        let groups = rtp_units(&quirks::parse(&sample(name)).expect("clean sample"));
+        let got = run_marked(&groups, 1400, true);
+        assert_eq!(tracks(&got.0), tracks(&base.0), "{name}");
+        assert_eq!(count(&got.1, "rtp_marker_misplaced"), 0, "{name}");
+        // Every byte split of the first units gives the same frames, as promptly.
+        for chunk in [1, 2, 3, 5, 188] {
+            let head = &groups[..groups.len().min(12)];
+            let want = run_marked(head, 1400, true);
+            let got = run_marked(head, chunk, true);
+            assert_eq!(tracks(&got.0), tracks(&want.0), "{name} chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn rtp_marks_end_an_unbounded_video_pes_at_once() {
+    for name in SAMPLES {
+        let base = one_shot(&sample(name));
+        let units = quirks::video_length_zero(quirks::parse(&sample(name)).expect("clean sample"));
+        let got = run_marked(&rtp_units(&units), 1400, true);
+        assert_eq!(tracks(&got.0), tracks(&base.0), "{name}");
+        assert_eq!(count(&got.1, "rtp_marker_misplaced"), 0, "{name}");
+    }
+}
+
+#[test]
+fn rtp_marks_on_every_packet_are_distrusted_before_they_cut_a_frame() {
+    let data = sample("h264_aac");
+    let base = one_shot(&data);
+    let all = Bytes::from(data.clone());
+    let mut d = PsDemuxer::new(DemuxPolicy::default());
+    let mut frames = Vec::new();
+    for k in (0..all.len()).step_by(1400) {
+        d.push(all.slice(k..(k + 1400).min(all.len())));
+        d.end_of_unit();
+        while let Some(f) = d.poll_frame() {
+            frames.push(f);
+        }
+    }
+    d.flush();
+    while let Some(f) = d.poll_frame() {
+        frames.push(f);
+    }
+    assert_eq!(tracks(&frames), tracks(&base.0));
+    assert_eq!(count(d.stats(), "rtp_marker_misplaced"), 1);
+}
+
+#[test]
+fn rtp_marks_after_each_pes_of_a_split_frame_are_distrusted_after_one_cut() {
+    // A device that marks the end of every PES, and splits frames into PES with the PTS on the
+    // first only: the first mark inside a frame cuts it (visible only at the next PES); then
+    // marks are ignored, and the rest of the stream is exactly as without marks.
+    let units = quirks::split_video_pes(quirks::parse(&sample("h264_aac")).expect("clean sample"), 4000);
+    let base = one_shot(&quirks::write(&units));
+    let per_pes: Vec<Vec<Unit>> = units.iter().map(|u| vec![u.clone()]).collect();
+    let (frames, stats) = run_marked(&per_pes, 1400, false);
+    assert_eq!(count(&stats, "rtp_marker_misplaced"), 1);
+    let (v, a) = tracks(&frames);
+    let (bv, ba) = tracks(&base.0);
+    assert_eq!(a, ba, "audio is untouched");
+    assert_eq!(v.len(), bv.len() + 1, "one frame was cut in two");
+    assert_eq!(v[v.len() - 100..], bv[bv.len() - 100..], "after the cut, frames are as without marks");
+}
+
+#[test]
+fn a_mark_on_parameter_sets_alone_waits_for_the_slice() {
+    // One NAL per PES with the PTS on each: a mark after the SPS PES must not make a frame of it.
+    let units = quirks::one_nal_per_pes(quirks::parse(&sample("h264_aac")).expect("clean sample"), true);
+    let base = one_shot(&quirks::write(&units));
+    let mut groups: Vec<Vec<Unit>> = Vec::new();
+    for u in &units {
+        groups.push(vec![u.clone()]);
+        if !u.is_video() {
+            continue;
+        }
+        // Mark only after PES holding parameter sets: they must stay with their slice.
+        let Unit::Pes(p) = u else { continue };
+        let nal_type = p.payload.iter().skip_while(|&&b| b == 0).nth(1).map(|b| b & 0x1f);
+        if !matches!(nal_type, Some(nal::H264_SPS | nal::H264_PPS)) {
+            let last = groups.pop().expect("just pushed");
+            groups.last_mut().expect("a group before").extend(last);
+        }
+    }
+    let (frames, stats) = run_marked(&groups, 1400, false);
+    assert_eq!(tracks(&frames), tracks(&base.0));
+    assert_eq!(count(&stats, "rtp_marker_misplaced"), 0);
+}
