@@ -164,68 +164,275 @@ async fn ffmpeg_decodes_clean(url: &str) {
     assert!(out.status.success() && err.trim().is_empty(), "ffmpeg decode of {url} reported: {err}");
 }
 
-async fn check_flv_and_hls(transport: Transport, media: &str, video: &str, audio: Option<&str>, hls: bool) {
-    if !tools_present() {
-        return;
+/// What a sample must play as, from its `testdata/*.ps.json`: codecs as the gateway's API names
+/// them, and the video size.
+struct Expected {
+    video: String,
+    width: u64,
+    height: u64,
+    /// Codec, sample rate, channels.
+    audio: Option<(String, u64, u64)>,
+}
+
+impl Expected {
+    fn of(media: &str) -> Expected {
+        let path = testdata(&format!("{media}.json"));
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("sample json")).unwrap();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_else(|| panic!("{path:?}: {v}")).to_owned();
+        let num = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{path:?}: {v}"));
+        let a = &j["audio"];
+        Expected {
+            video: text(&j["video"]["codec"]),
+            width: num(&j["video"]["width"]),
+            height: num(&j["video"]["height"]),
+            audio: (!a.is_null()).then(|| (text(&a["codec"]), num(&a["sample_rate"]), num(&a["channels"]))),
+        }
     }
-    // SIP over TCP for the TCP media transports, over UDP otherwise: both registrations are used.
+
+    /// G.711 has no place in MPEG-TS: the gateway's HLS carries the video only.
+    fn audio_in_hls(&self) -> bool {
+        self.audio.as_ref().is_some_and(|a| !a.0.starts_with("g711"))
+    }
+}
+
+/// FFmpeg's name of a codec (ffprobe `codec_name`, PyAV `codec_context.name`).
+fn ffmpeg_name(codec: &str) -> &'static str {
+    match codec {
+        "h264" => "h264",
+        "h265" => "hevc",
+        "aac" => "aac",
+        "g711a" => "pcm_alaw",
+        "g711u" => "pcm_mulaw",
+        other => panic!("no FFmpeg name for {other}"),
+    }
+}
+
+/// ffprobe's streams of `url` are the expected video (codec, size) and, when `with_audio`, the
+/// expected audio (codec, rate, channels); without it, no audio at all.
+async fn probe_matches(url: &str, exp: &Expected, with_audio: bool) {
+    let p = ffprobe_streams(url).await;
+    let v = stream_of(&p, "video").unwrap_or_else(|| panic!("{url}: no video: {p}"));
+    assert_eq!(v["codec_name"], ffmpeg_name(&exp.video), "{url}: {p}");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(exp.width), Some(exp.height)),
+        "{url}: {p}"
+    );
+    match exp.audio.as_ref().filter(|_| with_audio) {
+        Some((codec, rate, channels)) => {
+            let a = stream_of(&p, "audio").unwrap_or_else(|| panic!("{url}: no audio: {p}"));
+            assert_eq!(a["codec_name"], ffmpeg_name(codec), "{url}: {p}");
+            assert_eq!(a["sample_rate"], rate.to_string(), "{url}: {p}");
+            assert_eq!(a["channels"], *channels, "{url}: {p}");
+        }
+        None => assert!(stream_of(&p, "audio").is_none(), "{url}: unexpected audio: {p}"),
+    }
+}
+
+/// ffprobe reports the expected streams and `ffmpeg -t 5` decodes with no error output.
+async fn probe_and_decode(url: String, exp: &Expected, with_audio: bool) {
+    probe_matches(&url, exp, with_audio).await;
+    ffmpeg_decodes_clean(&url).await;
+}
+
+/// Reads an (Enhanced) FLV URL (argv 1) with PyAV for argv 2 seconds of video, decoding every
+/// packet of every stream (and flushing the decoders at the end): prints what was read as JSON,
+/// with every FFmpeg log line of level error or worse.
+const PYAV_DECODE_ALL: &str = r#"
+import av, av.logging, json, sys
+av.logging.set_level(av.logging.ERROR)
+out = {}
+with av.logging.Capture(local=False) as logs:
+    c = av.open(sys.argv[1], options={'rw_timeout': '15000000'})
+    seen = {}
+    first_video_key = None
+    start = None
+    for pkt in c.demux():
+        if pkt.size == 0:
+            continue
+        s = pkt.stream
+        if s.type == 'video':
+            if first_video_key is None:
+                first_video_key = pkt.is_keyframe
+            t = float(pkt.pts * pkt.time_base)
+            start = t if start is None else start
+            if t - start >= float(sys.argv[2]):
+                break
+        n = seen.setdefault(s, [0, 0])
+        n[0] += 1
+        n[1] += len(s.codec_context.decode(pkt))
+    for s, n in seen.items():
+        n[1] += len(s.codec_context.decode(None))
+        cc = s.codec_context
+        d = {'codec': cc.name, 'packets': n[0], 'frames': n[1]}
+        if s.type == 'video':
+            d.update(width=cc.width, height=cc.height, first_key=first_video_key)
+        else:
+            d.update(sample_rate=cc.sample_rate, channels=cc.layout.nb_channels)
+        out[s.type] = d
+    out['streams'] = sorted(s.type for s in c.streams)
+out['errors'] = [f'{name}: {msg}' for _, name, msg in logs]
+print(json.dumps(out))
+"#;
+
+/// The FLV at `url` read by PyAV (for H.265, which Debian's FFmpeg 5.1 cannot read in FLV): the
+/// expected codecs and size, the first video packet a keyframe, at least `secs` of video, every
+/// packet decoded to a frame, and no FFmpeg error.
+async fn pyav_decodes_all(url: String, exp: &Expected, secs: u32) {
+    let out = run("python3", vec!["-c".into(), PYAV_DECODE_ALL.into(), url.clone(), secs.to_string()]).await;
+    assert!(out.status.success(), "PyAV on {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("PyAV output {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(r["errors"], serde_json::json!([]), "{url}: FFmpeg errors: {r}");
+    let v = &r["video"];
+    assert_eq!(v["codec"], ffmpeg_name(&exp.video), "{r}");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(exp.width), Some(exp.height)), "{r}");
+    assert_eq!(v["first_key"], true, "first video packet is a keyframe: {r}");
+    // 25 fps: a whole number of seconds is 25 frames per second, give or take the cut.
+    assert!(v["packets"].as_u64().unwrap() >= u64::from(secs) * 25 - 1, "{secs} s of video: {r}");
+    let mut kinds = vec!["video"];
+    if let Some((codec, rate, channels)) = &exp.audio {
+        let a = &r["audio"];
+        assert_eq!(a["codec"], ffmpeg_name(codec), "{r}");
+        assert_eq!(
+            (a["sample_rate"].as_u64(), a["channels"].as_u64()),
+            (Some(*rate), Some(*channels)),
+            "{r}"
+        );
+        assert!(a["packets"].as_u64().unwrap() > 0, "{r}");
+        kinds.insert(0, "audio");
+    }
+    assert_eq!(r["streams"], serde_json::json!(kinds), "{r}");
+    for k in kinds {
+        assert_eq!(r[k]["frames"], r[k]["packets"], "every {k} packet decodes to a frame: {r}");
+    }
+}
+
+/// The gateway and the simulated device for playing `media` over `transport`, or `None` (the
+/// test is skipped) without the judging tools. SIP goes over TCP for the TCP media transports,
+/// over UDP otherwise: both registrations are used.
+async fn start_playing(transport: Transport, media: &str, pyav: bool) -> Option<Env> {
+    if !tools_present() || (pyav && !pyav_present()) {
+        return None;
+    }
     let sip = if transport == Transport::Udp { SipTransport::Udp } else { SipTransport::Tcp };
-    let env = setup(transport, media, |s| s.sip_transport = sip, |_| {}).await;
-    let ch = env.channel(0);
-    let v = ffprobe_streams(&env.flv_url(&ch)).await;
-    let vs = stream_of(&v, "video").expect("video stream");
-    assert_eq!(vs["codec_name"], video, "{v}");
-    assert_eq!(vs["width"], 1280);
-    assert_eq!(vs["height"], 720);
-    match audio {
-        Some(a) => assert_eq!(stream_of(&v, "audio").expect("audio stream")["codec_name"], a, "{v}"),
-        None => assert!(stream_of(&v, "audio").is_none()),
+    Some(setup(transport, media, |s| s.sip_transport = sip, |_| {}).await)
+}
+
+/// `GET /api/v1/streams` shows the channel's stream live with the sample's codecs and size, and,
+/// for G.711 audio only, the note that browsers will play no sound.
+async fn api_shows_stream(env: &Env, ch: &str, exp: &Expected) {
+    let (st, body) = get(&format!("http://{}/api/v1/streams", env.gw.http_addr)).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let s = v["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|s| s["channel"] == ch))
+        .unwrap_or_else(|| panic!("no stream of {ch}: {v}"));
+    assert_eq!(s["status"], "live", "{s}");
+    assert_eq!(s["video_codec"], exp.video.as_str(), "{s}");
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(exp.width), Some(exp.height)), "{s}");
+    let audio = exp.audio.as_ref().map(|a| a.0.as_str());
+    assert_eq!(s["audio_codec"].as_str(), audio, "{s}");
+    if audio.is_some_and(|a| a.starts_with("g711")) {
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("browsers will play no sound"), "G.711 note: {s}");
+    } else {
+        assert!(s["reason"].is_null(), "no note for browser-playable audio: {s}");
     }
-    ffmpeg_decodes_clean(&env.flv_url(&ch)).await;
-    if hls {
-        let h = ffprobe_streams(&env.hls_url(&ch)).await;
-        let hv = stream_of(&h, "video").expect("HLS video");
-        assert_eq!(hv["codec_name"], video);
-        assert_eq!(hv["width"], 1280);
-        ffmpeg_decodes_clean(&env.hls_url(&ch)).await;
-    }
-    // One INVITE for the FLV and HLS viewers of the one channel.
-    assert_eq!(env.sim().stats().invites - env.sim().stats().invite_retransmissions, 1);
+}
+
+/// The stream served one INVITE for all its FLV and HLS viewers; then shut down.
+async fn finish(env: Env) {
+    let s = env.sim().stats();
+    assert_eq!(s.invites - s.invite_retransmissions, 1, "{s:?}");
     env.gw.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_aac_over_tcp_passive_plays_as_flv_and_hls() {
-    check_flv_and_hls(Transport::TcpPassive, "h264_aac.ps", "h264", Some("aac"), true).await;
+/// H.264 + AAC: FLV and HLS both probe as h264 (size) + aac and decode clean with FFmpeg.
+async fn check_h264_aac(transport: Transport) {
+    let media = "h264_aac.ps";
+    let Some(env) = start_playing(transport, media, false).await else { return };
+    let (exp, ch) = (Expected::of(media), env.channel(0));
+    tokio::join!(
+        probe_and_decode(env.flv_url(&ch), &exp, true),
+        probe_and_decode(env.hls_url(&ch), &exp, true)
+    );
+    api_shows_stream(&env, &ch, &exp).await;
+    finish(env).await;
+}
+
+/// H.265 + AAC: HLS probes as hevc (size) + aac and decodes clean with FFmpeg; the Enhanced FLV
+/// (hvc1) is judged by PyAV, decoding every frame it gets.
+async fn check_h265_aac(transport: Transport) {
+    let media = "h265_aac.ps";
+    let Some(env) = start_playing(transport, media, true).await else { return };
+    let (exp, ch) = (Expected::of(media), env.channel(0));
+    tokio::join!(pyav_decodes_all(env.flv_url(&ch), &exp, 5), probe_and_decode(env.hls_url(&ch), &exp, true));
+    api_shows_stream(&env, &ch, &exp).await;
+    finish(env).await;
+}
+
+/// H.264 + G.711A: the FLV carries the A-law audio (SoundFormat 7) beside h264; the HLS carries
+/// the video only (TS has no G.711); both decode clean, and the stream info warns of no sound in
+/// browsers.
+async fn check_h264_g711a(transport: Transport) {
+    let media = "h264_g711a.ps";
+    let Some(env) = start_playing(transport, media, false).await else { return };
+    let (exp, ch) = (Expected::of(media), env.channel(0));
+    assert!(!exp.audio_in_hls(), "the sample's audio is G.711");
+    tokio::join!(
+        probe_and_decode(env.flv_url(&ch), &exp, true),
+        probe_and_decode(env.hls_url(&ch), &exp, false)
+    );
+    api_shows_stream(&env, &ch, &exp).await;
+    finish(env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_aac_over_udp_plays_as_flv_and_hls() {
-    check_flv_and_hls(Transport::Udp, "h264_aac.ps", "h264", Some("aac"), true).await;
+    check_h264_aac(Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_aac_over_tcp_passive_plays_as_flv_and_hls() {
+    check_h264_aac(Transport::TcpPassive).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_aac_over_tcp_active_plays_as_flv_and_hls() {
-    check_flv_and_hls(Transport::TcpActive, "h264_aac.ps", "h264", Some("aac"), true).await;
+    check_h264_aac(Transport::TcpActive).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_g711a_plays_as_flv_with_alaw_audio() {
-    check_flv_and_hls(Transport::TcpPassive, "h264_g711a.ps", "h264", Some("pcm_alaw"), false).await;
+async fn h265_aac_over_udp_plays_as_hls_and_enhanced_flv() {
+    check_h265_aac(Transport::Udp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h265_aac_plays_as_hls() {
-    if !tools_present() {
-        return;
-    }
-    let env = setup(Transport::Udp, "h265_aac.ps", |_| {}, |_| {}).await;
-    let ch = env.channel(0);
-    let h = ffprobe_streams(&env.hls_url(&ch)).await;
-    assert_eq!(stream_of(&h, "video").unwrap()["codec_name"], "hevc");
-    assert_eq!(stream_of(&h, "video").unwrap()["width"], 1280);
-    assert_eq!(stream_of(&h, "audio").unwrap()["codec_name"], "aac");
-    env.gw.shutdown().await;
+async fn h265_aac_over_tcp_passive_plays_as_hls_and_enhanced_flv() {
+    check_h265_aac(Transport::TcpPassive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_aac_over_tcp_active_plays_as_hls_and_enhanced_flv() {
+    check_h265_aac(Transport::TcpActive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_g711a_over_udp_plays_alaw_flv_and_video_only_hls() {
+    check_h264_g711a(Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_g711a_over_tcp_passive_plays_alaw_flv_and_video_only_hls() {
+    check_h264_g711a(Transport::TcpPassive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_g711a_over_tcp_active_plays_alaw_flv_and_video_only_hls() {
+    check_h264_g711a(Transport::TcpActive).await;
 }
 
 fn pyav_present() -> bool {
@@ -238,37 +445,6 @@ fn pyav_present() -> bool {
         eprintln!("skipping: PyAV not installed");
     }
     ok
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h265_in_enhanced_flv_decodes_with_pyav() {
-    if !pyav_present() {
-        return;
-    }
-    let env = setup(Transport::TcpPassive, "h265_aac.ps", |_| {}, |_| {}).await;
-    let url = env.flv_url(&env.channel(0));
-    let script = r#"
-import av, sys
-c = av.open(sys.argv[1], options={'rw_timeout': '15000000'})
-v = c.streams.video[0]
-n = 0
-first_key = None
-for pkt in c.demux(v):
-    if pkt.size == 0:
-        continue
-    if first_key is None:
-        first_key = pkt.is_keyframe
-    for f in pkt.decode():
-        n += 1
-    if n >= 60:
-        break
-print(v.codec_context.name, v.codec_context.width, v.codec_context.height, n, first_key)
-"#;
-    let out = run("python3", vec!["-c".into(), script.into(), url]).await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "PyAV: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["hevc", "1280", "720", "60", "True"], "{text}");
-    env.gw.shutdown().await;
 }
 
 async fn get(url: &str) -> (u16, String) {

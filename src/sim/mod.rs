@@ -450,7 +450,9 @@ impl Simulator {
             SipTransport::Tcp => {
                 let stream = tcp_connect(&cfg).await?;
                 let local = SocketAddr::new(adv_ip, stream.local_addr()?.port());
-                (Outbound::Tcp(Mutex::new(None)), local, Some(stream))
+                // The writer queue exists before the REGISTER task starts: `tcp_loop` drains it.
+                let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+                (Outbound::Tcp(Mutex::new(Some(wtx))), local, Some((stream, wrx)))
             }
         };
         let channels = make_channels(&cfg);
@@ -488,9 +490,9 @@ impl Simulator {
             last_requests: Mutex::new(HashMap::new()),
             cfg,
         });
-        if let Some(stream) = tcp_first {
+        if let Some(first) = tcp_first {
             let sh2 = sh.clone();
-            tasks.push(tokio::spawn(tcp_loop(sh2, stream, in_tx.clone())));
+            tasks.push(tokio::spawn(tcp_loop(sh2, first, in_tx.clone())));
         }
         drop(in_tx);
         tasks.push(tokio::spawn(dispatch_loop(sh.clone(), in_rx)));

@@ -134,15 +134,19 @@ pub(super) async fn tcp_connect(cfg: &SimConfig) -> std::io::Result<TcpStream> {
 
 /// Owns the TCP SIP connection: reads frames (RFC 3261 §18.3 Content-Length framing), writes what
 /// [`send`] queues, and reconnects (then re-registers) when the server closes it.
+///
+/// `first` comes with the receiver of the writer queue already installed in `sh.out` (so what is
+/// sent before this task first runs is queued, not lost); a reconnection installs its queue before
+/// it kicks the re-REGISTER.
 pub(super) async fn tcp_loop(
     sh: Arc<Shared>,
-    first: TcpStream,
+    first: (TcpStream, mpsc::UnboundedReceiver<Vec<u8>>),
     in_tx: mpsc::UnboundedSender<(SipMessage, SocketAddr)>,
 ) {
-    let mut stream = Some(first);
+    let mut first = Some(first);
     loop {
-        let s = match stream.take() {
-            Some(s) => s,
+        let (s, mut wrx) = match first.take() {
+            Some(f) => f,
             None => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 match tcp_connect(&sh.cfg).await {
@@ -151,9 +155,13 @@ pub(super) async fn tcp_loop(
                             *sh.sip_local.lock().expect("sip_local lock") =
                                 SocketAddr::new(sh.adv_ip, a.port());
                         }
+                        let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+                        if let Outbound::Tcp(slot) = &sh.out {
+                            *slot.lock().expect("tcp slot lock") = Some(wtx);
+                        }
                         sh.registered.store(false, Ordering::Relaxed);
                         sh.reg_kick.notify_one();
-                        s
+                        (s, wrx)
                     }
                     Err(_) => continue,
                 }
@@ -161,10 +169,6 @@ pub(super) async fn tcp_loop(
         };
         let peer = s.peer_addr().unwrap_or(sh.cfg.server);
         let (mut rd, mut wr) = s.into_split();
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-        if let Outbound::Tcp(slot) = &sh.out {
-            *slot.lock().expect("tcp slot lock") = Some(wtx);
-        }
         let writer = tokio::spawn(async move {
             while let Some(b) = wrx.recv().await {
                 if wr.write_all(&b).await.is_err() {
