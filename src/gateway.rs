@@ -362,6 +362,23 @@ impl RtpControl for RtpOpener {
             } else {
                 PortChoice::Exact(req.port)
             };
+            let peer =
+                match (req.transport, req.peer) {
+                    (Transport::TcpActive, Some(peer)) => Some(peer),
+                    (Transport::TcpActive, None) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "peer_required",
+                            "tcp-active: the gateway connects to the source; give \"peer\": \"ip:port\"",
+                        ))
+                    }
+                    (_, Some(_)) => return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "\"peer\" is for tcp-active only: with udp and tcp-passive the source sends to us",
+                    )),
+                    (_, None) => None,
+                };
             let started_at = Instant::now();
             let label = format!("rtp/{}", req.stream);
             let session = media
@@ -369,6 +386,16 @@ impl RtpControl for RtpOpener {
                 .await
                 .map_err(media_api_error)?;
             let port = session.port;
+            if let Some(peer) = peer {
+                if let Err(e) = session.connect_active(peer).await {
+                    session.close();
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "connect_failed",
+                        format!("tcp-active: cannot connect to {peer}: {e}"),
+                    ));
+                }
+            }
             let policy = DemuxPolicy { g711_0x90_is_ulaw: cfg.media.g711_0x90_is_ulaw };
             let (tx, rx) = mpsc::channel(FRAME_QUEUE);
             let (stop_tx, stop_rx) = oneshot::channel::<String>();

@@ -626,3 +626,67 @@ async fn udp_loss_and_reordering_are_counted_and_play_on() {
     );
     env.gw.shutdown().await;
 }
+
+/// `POST /api/v1/rtp` with `tcp-active`: the gateway connects to the source's `peer` address and
+/// the stream plays; without `peer` the request is a JSON 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_only_tcp_active_receiver_connects_to_the_peer_and_plays() {
+    use gbrelay::sim::{MediaSource, MediaSourceConfig, MediaTransport};
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(config(dir.path(), Transport::TcpActive, |_| {})).await.expect("gateway starts");
+    let src = MediaSource::start(MediaSourceConfig {
+        media_file: testdata("h264_aac.ps"),
+        transport: MediaTransport::TcpActive,
+        peer: "127.0.0.1:0".parse().unwrap(),
+        ssrc: 4242,
+        local: "127.0.0.1:0".parse().unwrap(),
+        loss: 0.0,
+        reorder: 0.0,
+        seed: 1,
+    })
+    .await
+    .expect("source listens");
+    let client = reqwest::Client::new();
+    let api = format!("http://{}/api/v1/rtp", gw.http_addr);
+    let port = gw.media.shared_port();
+    let no_peer = client
+        .post(&api)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"stream": "act", "transport": "tcp-active", "port": port, "ssrc": 4242})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_peer.status(), 400);
+    let body: serde_json::Value = no_peer.text().await.unwrap().parse().unwrap();
+    assert_eq!(body["error"], "peer_required");
+    let ok = client
+        .post(&api)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({
+                "stream": "act", "transport": "tcp-active", "port": port, "ssrc": 4242,
+                "peer": src.local_addr().to_string(),
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{:?}", ok.text().await);
+    let url = format!("http://{}/live/rtp/act.flv", gw.http_addr);
+    let v = ffprobe_streams(&url).await;
+    let video = stream_of(&v, "video").expect("a video stream");
+    assert_eq!(video["codec_name"], "h264");
+    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(1280), Some(720)));
+    assert_eq!(stream_of(&v, "audio").expect("an audio stream")["codec_name"], "aac");
+    assert!(src.stats().packets > 0);
+    assert_eq!(client.delete(format!("{api}/act")).send().await.unwrap().status(), 204);
+    src.stop();
+    gw.shutdown().await;
+}

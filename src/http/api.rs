@@ -26,6 +26,10 @@ pub struct RtpOpenRequest {
     #[serde(default)]
     pub port: u16,
     pub ssrc: Option<u32>,
+    /// `tcp-active` only, and required there: the source's `ip:port` the gateway connects to
+    /// (the address a device would give in its SDP answer). An extension of the body.
+    #[serde(default)]
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Opens media-only receivers (implemented by the gateway glue over `media`).

@@ -173,13 +173,16 @@ impl Gateway {
         transport: &str,
         port: u16,
         ssrc: Option<u32>,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<u16, GatewayError> {
-        let body = match ssrc {
-            Some(s) => {
-                format!(r#"{{"stream":"{stream}","transport":"{transport}","port":{port},"ssrc":{s}}}"#)
-            }
-            None => format!(r#"{{"stream":"{stream}","transport":"{transport}","port":{port}}}"#),
-        };
+        let mut req = serde_json::json!({ "stream": stream, "transport": transport, "port": port });
+        if let Some(s) = ssrc {
+            req["ssrc"] = s.into();
+        }
+        if let Some(p) = peer {
+            req["peer"] = p.to_string().into();
+        }
+        let body = req.to_string();
         let r =
             http::request(self.cfg.http, "POST", "/api/v1/rtp", Some(&body), Duration::from_secs(10)).await?;
         let text = String::from_utf8_lossy(&r.body).to_string();

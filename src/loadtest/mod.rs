@@ -248,20 +248,20 @@ async fn open_source(
     };
     match tr {
         Transport::Udp | Transport::TcpPassive => {
-            let port = gw.open_rtp(name, tr.api_name(), gw.cfg.rtp_port, Some(ssrc)).await?;
+            let port = gw.open_rtp(name, tr.api_name(), gw.cfg.rtp_port, Some(ssrc), None).await?;
             let addr = ([127, 0, 0, 1], port).into();
             Ok(if tr == Transport::Udp { Target::Udp(addr) } else { Target::TcpConnect(addr) })
         }
         Transport::UdpPool => {
-            let port = gw.open_rtp(name, "udp", 0, Some(ssrc)).await?;
+            let port = gw.open_rtp(name, "udp", 0, Some(ssrc), None).await?;
             Ok(Target::Udp(([127, 0, 0, 1], port).into()))
         }
         Transport::TcpActive => {
-            // The gateway connects to us: we listen first and give it our port.
+            // The gateway connects to us: we listen first and give it our address as `peer`.
             let l =
                 tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("listen for TCP active"))?;
-            let port = l.local_addr().map_err(io("listener address"))?.port();
-            gw.open_rtp(name, "tcp-active", port, Some(ssrc)).await?;
+            let peer = l.local_addr().map_err(io("listener address"))?;
+            gw.open_rtp(name, "tcp-active", gw.cfg.rtp_port, Some(ssrc), Some(peer)).await?;
             Ok(Target::TcpListen(l))
         }
     }
