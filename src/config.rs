@@ -246,6 +246,11 @@ pub struct MediaConfig {
     pub quarantine: Duration,
     /// Treat PSM stream type 0x90 as µ-law instead of A-law.
     pub g711_0x90_is_ulaw: bool,
+    /// SO_RCVBUF of every UDP media socket, in bytes (0: the kernel's default). A keyframe
+    /// arrives as a burst of dozens of packets per stream; the kernel's default (208 KiB, about
+    /// 90 full-size datagrams) overflows as soon as a few streams burst together on the shared
+    /// port. The kernel caps it at `net.core.rmem_max` (a warning says so).
+    pub udp_recv_buffer: usize,
 }
 
 impl Default for MediaConfig {
@@ -259,6 +264,7 @@ impl Default for MediaConfig {
             reorder_wait: Duration::from_millis(40),
             quarantine: Duration::from_secs(10),
             g711_0x90_is_ulaw: false,
+            udp_recv_buffer: 4 << 20,
         }
     }
 }

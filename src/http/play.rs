@@ -17,7 +17,6 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Instant;
 
@@ -95,17 +94,21 @@ pub(super) async fn live_flv(
         Err(_) => {
             let egress = metrics().egress_bytes.get_or_create(&protocol("flv")).clone();
             egress.inc_by(first.iter().map(|b| b.len() as u64).sum());
-            let state = FlvBody { viewer, pending: first.into(), batch: Vec::with_capacity(64), egress };
+            let state = FlvBody { viewer, batch: first, next: 0, egress };
             let body = futures_util::stream::unfold(state, |mut st| async move {
-                if st.pending.is_empty() {
+                if st.next == st.batch.len() {
                     st.batch.clear();
+                    // The first batch (the cached GOP) can be a few hundred tags; steady state
+                    // is one or two: do not keep the join's capacity for the viewer's lifetime.
+                    st.batch.shrink_to(FLV_BATCH_KEEP);
+                    st.next = 0;
                     if !st.viewer.next(&mut st.batch).await {
                         return None;
                     }
                     st.egress.inc_by(st.batch.iter().map(|b| b.len() as u64).sum());
-                    st.pending.extend(st.batch.drain(..));
                 }
-                let b = st.pending.pop_front()?;
+                let b = std::mem::take(st.batch.get_mut(st.next)?);
+                st.next += 1;
                 Some((Ok::<Bytes, Infallible>(b), st))
             });
             let mut resp = Response::new(Body::from_stream(body));
@@ -116,12 +119,15 @@ pub(super) async fn live_flv(
     }
 }
 
+/// Tag slots an FLV viewer keeps between batches.
+const FLV_BATCH_KEEP: usize = 16;
+
 struct FlvBody {
     viewer: FlvViewer,
     /// The current batch, handed to hyper one `Bytes` at a time without waiting in between, so
-    /// hyper queues the whole batch for one vectored write.
-    pending: VecDeque<Bytes>,
+    /// hyper queues the whole batch for one vectored write; `next` is the first not handed yet.
     batch: Vec<Bytes>,
+    next: usize,
     egress: prometheus_client::metrics::counter::Counter,
 }
 

@@ -207,11 +207,12 @@ impl Gateway {
         )
     }
 
-    /// `DELETE /api/v1/rtp/<name>`.
+    /// `DELETE /api/v1/rtp/<name>`. A 404 is success: a TCP stream ends by itself when its
+    /// source (stopped before this call) closes the connection.
     pub async fn close_rtp(&self, stream: &str) -> Result<(), GatewayError> {
         let path = format!("/api/v1/rtp/{stream}");
         let r = http::request(self.cfg.http, "DELETE", &path, None, Duration::from_secs(5)).await?;
-        if !(200..300).contains(&r.status) {
+        if !(200..300).contains(&r.status) && r.status != 404 {
             return Err(GatewayError::Status {
                 call: format!("DELETE {path}"),
                 status: r.status,

@@ -474,7 +474,7 @@ impl MediaServer {
         server_id: &str,
     ) -> Result<Arc<MediaServer>, MediaError> {
         let ip = bind_ip(cfg);
-        let (udp, tcp) = udp::bind_shared_pair(ip, cfg.rtp_port).await?;
+        let (udp, tcp) = udp::bind_shared_pair(ip, cfg.rtp_port, cfg.udp_recv_buffer).await?;
         let shared_port = udp.local_addr().map(|a| a.port()).unwrap_or(cfg.rtp_port);
         let pool = cfg.ports.map(|r| PortPool::new(r, Some(shared_port), cfg.quarantine));
         let inner = Arc::new(Inner {
@@ -588,7 +588,7 @@ impl MediaServer {
         if binding != Binding::Shared && req.transport != Transport::TcpActive {
             let mut tries = 0;
             loop {
-                match udp::bind_one(inner.bind_ip, port, req.transport).await {
+                match udp::bind_one(inner.bind_ip, port, req.transport, inner.cfg.udp_recv_buffer).await {
                     Ok(s) => {
                         sock = Some(s);
                         break;

@@ -40,13 +40,56 @@ fn tcp_listener(addr: SocketAddr) -> Result<TcpListener, MediaError> {
     sock.listen(1024).map_err(bind_err("tcp", addr))
 }
 
+static RCVBUF_LOG: crate::metrics::LogLimiter = crate::metrics::LogLimiter::new(1);
+
+/// A UDP socket with SO_RCVBUF set to `rcvbuf` bytes (0: the kernel's default). A smaller grant
+/// than asked (capped by `net.core.rmem_max`) is logged, rate-limited, and the socket is used.
+fn udp_socket(addr: SocketAddr, rcvbuf: usize) -> Result<UdpSocket, MediaError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = bind_err("udp", addr);
+    let sock = match Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)) {
+        Ok(s) => s,
+        Err(e) => return Err(err(e)),
+    };
+    if rcvbuf > 0 {
+        let granted = sock.set_recv_buffer_size(rcvbuf).and_then(|()| sock.recv_buffer_size());
+        // Linux reports twice the value it accounts (socket(7)): compare with half of it.
+        match granted {
+            Ok(g) if g / 2 >= rcvbuf => {}
+            Ok(g) => {
+                if RCVBUF_LOG.allow() {
+                    tracing::warn!(
+                        asked = rcvbuf,
+                        granted = g / 2,
+                        "UDP receive buffer capped by the kernel: raise net.core.rmem_max, or bursts drop packets"
+                    );
+                }
+            }
+            Err(e) => {
+                if RCVBUF_LOG.allow() {
+                    tracing::warn!("cannot set the UDP receive buffer: {e}");
+                }
+            }
+        }
+    }
+    let setup = sock.set_nonblocking(true).and_then(|()| sock.bind(&addr.into()));
+    if let Err(e) = setup {
+        return Err(bind_err("udp", addr)(e));
+    }
+    UdpSocket::from_std(sock.into()).map_err(bind_err("udp", addr))
+}
+
 /// Bind the shared UDP socket and the TCP listener on the same port (`port` 0: the UDP socket's
 /// port, retried a few times if TCP finds it taken).
-pub(crate) async fn bind_shared_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), MediaError> {
+pub(crate) async fn bind_shared_pair(
+    ip: IpAddr,
+    port: u16,
+    rcvbuf: usize,
+) -> Result<(UdpSocket, TcpListener), MediaError> {
     let mut last_err = None;
     for _ in 0..8 {
         let addr = SocketAddr::new(ip, port);
-        let udp = UdpSocket::bind(addr).await.map_err(bind_err("udp", addr))?;
+        let udp = udp_socket(addr, rcvbuf)?;
         let actual = udp.local_addr().map_err(bind_err("udp", addr))?;
         match tcp_listener(actual) {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -58,10 +101,15 @@ pub(crate) async fn bind_shared_pair(ip: IpAddr, port: u16) -> Result<(UdpSocket
 }
 
 /// Bind a stream's own port for its transport (UDP socket or TCP listener).
-pub(crate) async fn bind_one(ip: IpAddr, port: u16, t: Transport) -> Result<Bound, MediaError> {
+pub(crate) async fn bind_one(
+    ip: IpAddr,
+    port: u16,
+    t: Transport,
+    rcvbuf: usize,
+) -> Result<Bound, MediaError> {
     let addr = SocketAddr::new(ip, port);
     match t {
-        Transport::Udp => Ok(Bound::Udp(UdpSocket::bind(addr).await.map_err(bind_err("udp", addr))?)),
+        Transport::Udp => Ok(Bound::Udp(udp_socket(addr, rcvbuf)?)),
         _ => Ok(Bound::Tcp(tcp_listener(addr)?)),
     }
 }
@@ -175,20 +223,40 @@ pub(crate) async fn stream_task(s: Arc<Session>, mut rx: mpsc::Receiver<(std::ti
     }
 }
 
+thread_local! {
+    /// One datagram-sized receive buffer per worker thread, shared by every pool-port task on
+    /// it (a 64 KiB buffer per stream would be a tenth of a stream's memory).
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; DATAGRAM_MAX]);
+}
+
+/// Receive one datagram into the thread's buffer and copy it out at its size.
+async fn recv_pooled(sock: &UdpSocket) -> std::io::Result<(Bytes, SocketAddr)> {
+    loop {
+        sock.readable().await?;
+        let r = RECV_BUF.with_borrow_mut(|buf| {
+            sock.try_recv_from(buf).map(|(n, from)| (Bytes::copy_from_slice(&buf[..n]), from))
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// A pool UDP port: every datagram belongs to this stream, whatever its SSRC.
 pub(crate) async fn pool_udp_task(s: Arc<Session>, sock: UdpSocket) {
     let label = transport(Transport::Udp.as_str());
     let in_bytes = metrics().ingress_bytes.get_or_create(&label).clone();
     let in_packets = metrics().ingress_packets.get_or_create(&label).clone();
-    let mut buf = vec![0u8; DATAGRAM_MAX];
     let mut o = Ordered::new(s.reorder_depth, s.reorder_wait);
     loop {
         tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
+            r = recv_pooled(&sock) => match r {
+                Ok((data, from)) => {
+                    let n = data.len();
                     in_bytes.inc_by(n as u64);
                     in_packets.inc();
-                    match classify(Bytes::copy_from_slice(&buf[..n])) {
+                    match classify(data) {
                         Parsed::Rtp(p) => {
                             s.count_packet(p.ssrc, n);
                             o.push(now_std(), p);
