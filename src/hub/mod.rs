@@ -3,8 +3,9 @@
 //! What belongs here: stream keys, the source interface ([`Puller`], [`PullHandle`],
 //! [`SourceEvent`], [`PullError`]), the on-demand lifecycle (single-flight pull, first-keyframe
 //! wait, idle / no-data stop, source end), the GOP ring and viewer cursors (`ring.rs`), the stream
-//! driver (`stream.rs`) and the seam to the muxers (`mux_adapter.rs`). What does not: HTTP (in
-//! `http`, which subscribes here), SIP and RTP (the gateway glue implements [`Puller`]).
+//! driver (`stream.rs`), the HLS GOP cache (`hls.rs`) and the seam to the
+//! muxers (`mux_adapter.rs`). What does not: HTTP (in `http`, which subscribes here), SIP and RTP
+//! (the gateway glue implements [`Puller`]).
 //!
 //! Lifecycle (GB/T 28181 §9.2 live play, driven by viewers):
 //! - The first [`Hub::open`] of a key inserts a `Starting` stream and spawns one pull; every
@@ -16,6 +17,7 @@
 //!   [`SourceEvent::Ended`]: viewers end cleanly. Ended streams stay listed (with their reason)
 //!   for [`RECENT_KEEP`].
 
+mod hls;
 pub mod mux_adapter;
 mod ring;
 mod stream;

@@ -3,14 +3,17 @@
 //!
 //! What belongs here: [`Stream`] (shared by the hub, the driver and the viewers), the driver loop,
 //! [`FlvViewer`] (a cursor plus the viewer-count guard) and the HLS access used by `http`.
-//! What does not: the ring's rules (`ring.rs`), muxing (`proto::mux` behind `mux_adapter.rs`),
-//! anything HTTP.
+//! What does not: the ring's rules (`ring.rs`), the HLS GOP cache (`hls.rs`),
+//! muxing (`proto::mux` behind `mux_adapter.rs`), anything HTTP.
 //!
 //! Muxing happens once per frame per HEVC mode actually requested (DESIGN.md §3 convention 4): for
 //! a stream that turns out to be H.264 both modes give identical bytes, so every viewer shares
-//! one ring. HLS is muxed only from the first HLS request on, by one segmenter shared by all.
+//! one ring. HLS is muxed only from the first HLS request on, by one segmenter shared by all; that
+//! segmenter starts from the cached GOP (`hls.rs`), so a cold HLS viewer does not wait for a
+//! keyframe and then a whole segment.
 
-use super::mux_adapter::{FlvTagMuxer, HlsParams, HlsSink, MuxFactory, MuxedTag, TagKind, VideoSize};
+use super::hls::{FrameGop, HlsState};
+use super::mux_adapter::{FlvTagMuxer, HlsParams, MuxFactory, MuxedTag, TagKind, VideoSize};
 use super::ring::{Cursor, Read, Ring, StartInfo};
 use super::{Hub, HubConfig, PullError, PullHandle, SourceEvent, SourceStats, StreamKey};
 use crate::config::FlvHevc;
@@ -113,7 +116,7 @@ pub struct Stream {
     status: Mutex<StreamStatus>,
     rings: Mutex<Vec<(FlvHevc, Arc<Ring>)>>,
     rings_gen: AtomicUsize,
-    hls: Mutex<Option<Box<dyn HlsSink>>>,
+    hls: Mutex<HlsState>,
     hls_notify: Notify,
     viewers_flv: AtomicUsize,
     viewers_ws: AtomicUsize,
@@ -150,6 +153,7 @@ impl Stream {
         mux: Arc<dyn MuxFactory>,
     ) -> Arc<Stream> {
         let ring = Arc::new(Ring::new(cfg.stream.ring_bytes));
+        let gop = FrameGop::new(cfg.stream.ring_bytes, hls_target_90k(&cfg));
         Arc::new(Stream {
             key,
             hub,
@@ -158,7 +162,7 @@ impl Stream {
             mux,
             status: Mutex::new(StreamStatus::Starting),
             rings_gen: AtomicUsize::new(1),
-            hls: Mutex::new(None),
+            hls: Mutex::new(HlsState::new(gop)),
             hls_notify: Notify::new(),
             viewers_flv: AtomicUsize::new(0),
             viewers_ws: AtomicUsize::new(0),
@@ -270,28 +274,23 @@ impl Stream {
         *lock(&self.activity) = Instant::now();
     }
 
-    /// The live HLS playlist; the first call creates the segmenter and waits (at most
-    /// `first_frame_timeout`) until the first segment exists.
+    /// The live HLS playlist; the first call creates the segmenter, primes it with the cached GOP,
+    /// and waits (at most `first_frame_timeout`) until the first segment exists.
     pub async fn hls_playlist(&self) -> Result<String, ViewError> {
         self.touch();
         let timeout = self.cfg.stream.first_frame_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        {
-            let mut g = lock(&self.hls);
-            if g.is_none() {
-                let seg = self.cfg.hls.segment.as_secs_f64() * 90_000.0;
-                *g =
-                    Some(self.mux.hls(HlsParams {
-                        target_duration_90k: seg.round() as i64,
-                        window: self.cfg.hls.window,
-                    }));
-            }
-        }
+        lock(&self.hls).open(|| {
+            self.mux.hls(HlsParams {
+                target_duration_90k: hls_target_90k(&self.cfg),
+                window: self.cfg.hls.window,
+            })
+        });
         loop {
             let notified = self.hls_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(text) = lock(&self.hls).as_ref().and_then(|h| h.latest_seq().map(|_| h.playlist())) {
+            if let Some(text) = lock(&self.hls).sink().and_then(|h| h.latest_seq().map(|_| h.playlist())) {
                 return Ok(text);
             }
             match self.status() {
@@ -311,7 +310,7 @@ impl Stream {
     /// One HLS segment, if still in the window.
     pub fn hls_segment(&self, seq: u64) -> Option<Bytes> {
         self.touch();
-        lock(&self.hls).as_ref().and_then(|h| h.segment(seq))
+        lock(&self.hls).sink().and_then(|h| h.segment(seq))
     }
 
     /// The status the API shows.
@@ -355,7 +354,7 @@ impl Stream {
             viewers: flv + ws,
             viewers_flv: flv,
             viewers_ws: ws,
-            hls: lock(&self.hls).is_some(),
+            hls: lock(&self.hls).sink().is_some(),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             frames_in: self.frames_in.load(Ordering::Relaxed),
             rtp: meta.stats,
@@ -403,7 +402,6 @@ impl Stream {
             pull_started: started_at,
             video_codec: None,
             audio_codec: None,
-            hls_started: false,
             first_audio_dts: None,
         };
         let sc = &self.cfg.stream;
@@ -456,9 +454,7 @@ impl Stream {
         for (_, r) in lock(&self.rings).iter() {
             r.close(reason);
         }
-        if let Some(h) = lock(&self.hls).as_mut() {
-            h.finish();
-        }
+        lock(&self.hls).finish();
         self.hls_notify.notify_waiters();
     }
 }
@@ -480,9 +476,12 @@ struct Driver {
     pull_started: Instant,
     video_codec: Option<Codec>,
     audio_codec: Option<Codec>,
-    /// The HLS segmenter has had its first frame.
-    hls_started: bool,
     first_audio_dts: Option<i64>,
+}
+
+/// The HLS target segment duration in 90 kHz ticks.
+fn hls_target_90k(cfg: &HubConfig) -> i64 {
+    (cfg.hls.segment.as_secs_f64() * 90_000.0).round() as i64
 }
 
 /// A source with this much audio (90 kHz) and no video is treated as audio-only.
@@ -596,22 +595,9 @@ impl Driver {
                 }
             }
         }
-        let mut hls = lock(&s.hls);
-        if let Some(h) = hls.as_mut() {
-            // A segmenter made mid-stream starts at a video keyframe (when there is video), so
-            // its first segment opens with video, not with audio before the first keyframe.
-            if !self.hls_started {
-                if self.seen_video && !(is_video && f.keyframe) {
-                    return;
-                }
-                self.hls_started = true;
-            }
-            let before = h.latest_seq();
-            h.push(&f);
-            if h.latest_seq() != before {
-                drop(hls);
-                s.hls_notify.notify_waiters();
-            }
+        // Into the HLS segmenter, or into the GOP cache that will prime it.
+        if lock(&s.hls).push(&f, self.seen_video) {
+            s.hls_notify.notify_waiters();
         }
     }
 }
