@@ -1,10 +1,10 @@
-//! The HLS side of one stream: the lazily made segmenter and the raw-frame GOP cache that primes
-//! it.
+//! The HLS side of one stream: the lazily made segmenter, the raw-frame GOP cache that primes it,
+//! and the tracker that turns stateless HLS requests into a viewer count.
 //!
 //! What belongs here: [`HlsState`] (segmenter + [`FrameGop`], always under one lock so the cached
-//! GOP and the live frames meet without a gap or a duplicate). What does not: segmenting itself
-//! (`proto::mux::hls` behind `mux_adapter.rs`), waiting for the first segment and the driver's
-//! timers (`stream.rs`).
+//! GOP and the live frames meet without a gap or a duplicate) and [`HlsViewers`]. What does not:
+//! segmenting itself (`proto::mux::hls` behind `mux_adapter.rs`), waiting for the first segment and
+//! the driver's timers (`stream.rs`), telling clients apart (`http`, which hands in an opaque id).
 //!
 //! Rules:
 //! - The FLV rings hold muxed tags, not frames, so the HLS segmenter cannot be primed from them.
@@ -19,10 +19,21 @@
 //!   Every later frame goes to the segmenter. Segments are still cut at the first keyframe at or
 //!   after the target duration, so the first segment (opening on the cached keyframe) is ready at
 //!   the next keyframe rather than one segment after it.
+//! - HLS viewers: a client (an id the caller derives, e.g. from address and User-Agent) counts
+//!   from its request until `hls.viewer_timeout` (default: twice the segment, ≥ 10 s) has passed
+//!   without another playlist or segment request. At most [`MAX_HLS_CLIENTS`] are tracked per
+//!   stream; past that, new clients are not counted until old ones expire. The tracker keeps the
+//!   `viewers{protocol="hls"}` gauge in step and gives its share back when the stream ends.
 
 use super::mux_adapter::HlsSink;
+use crate::metrics::{metrics, protocol};
 use crate::proto::codec::Frame;
-use std::collections::VecDeque;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Most HLS clients tracked per stream.
+pub const MAX_HLS_CLIENTS: usize = 10_000;
 
 /// The raw frames of the current GOP (see the module header).
 pub(super) struct FrameGop {
@@ -166,6 +177,76 @@ impl HlsState {
     }
 }
 
+/// HLS clients seen recently (see the module header).
+pub(super) struct HlsViewers {
+    last_seen: HashMap<u64, Instant>,
+    window: Duration,
+    cap: usize,
+    closed: bool,
+    gauge: Gauge,
+}
+
+impl HlsViewers {
+    pub(super) fn new(window: Duration) -> HlsViewers {
+        HlsViewers::with_cap(window, MAX_HLS_CLIENTS)
+    }
+
+    fn with_cap(window: Duration, cap: usize) -> HlsViewers {
+        HlsViewers {
+            last_seen: HashMap::new(),
+            window,
+            cap,
+            closed: false,
+            gauge: metrics().viewers.get_or_create(&protocol("hls")).clone(),
+        }
+    }
+
+    /// `client` requested the playlist or a segment at `now`.
+    pub(super) fn seen(&mut self, client: u64, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if let Some(t) = self.last_seen.get_mut(&client) {
+            *t = (*t).max(now);
+            return;
+        }
+        if self.last_seen.len() >= self.cap {
+            self.expire(now);
+            if self.last_seen.len() >= self.cap {
+                return;
+            }
+        }
+        self.last_seen.insert(client, now);
+        self.gauge.inc();
+    }
+
+    /// Forget clients whose last request is `window` old at `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
+        let before = self.last_seen.len();
+        let window = self.window;
+        self.last_seen.retain(|_, t| now.saturating_duration_since(*t) < window);
+        self.gauge.dec_by((before - self.last_seen.len()) as i64);
+    }
+
+    /// Clients counted now.
+    pub(super) fn len(&self) -> usize {
+        self.last_seen.len()
+    }
+
+    /// The stream ended: nobody watches it any more, and nobody will.
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+        self.gauge.dec_by(self.last_seen.len() as i64);
+        self.last_seen.clear();
+    }
+}
+
+impl Drop for HlsViewers {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.last_seen.len() as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +367,30 @@ mod tests {
         // Video turns up without a keyframe: the audio can no longer open a segment.
         g.push(&video(20, false, 100), true);
         assert_eq!(g.len(), 0);
+    }
+
+    #[test]
+    fn hls_clients_count_once_expire_and_are_capped() {
+        let t0 = Instant::now();
+        let mut v = HlsViewers::with_cap(Duration::from_secs(10), 3);
+        v.seen(1, t0);
+        v.seen(2, t0);
+        v.seen(1, t0 + Duration::from_secs(5));
+        assert_eq!(v.len(), 2);
+        v.expire(t0 + Duration::from_secs(9));
+        assert_eq!(v.len(), 2);
+        v.expire(t0 + Duration::from_secs(10));
+        assert_eq!(v.len(), 1, "client 2 expired, client 1 was seen again at 5 s");
+        v.seen(3, t0 + Duration::from_secs(10));
+        v.seen(4, t0 + Duration::from_secs(10));
+        v.seen(5, t0 + Duration::from_secs(10));
+        assert_eq!(v.len(), 3, "capped");
+        // At the cap, a newcomer takes the place of an expired client.
+        v.seen(6, t0 + Duration::from_secs(15));
+        assert_eq!(v.len(), 3);
+        v.close();
+        assert_eq!(v.len(), 0);
+        v.seen(7, t0 + Duration::from_secs(16));
+        assert_eq!(v.len(), 0, "not counted after the end");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! What belongs here: [`Stream`] (shared by the hub, the driver and the viewers), the driver loop,
 //! [`FlvViewer`] (a cursor plus the viewer-count guard) and the HLS access used by `http`.
-//! What does not: the ring's rules (`ring.rs`), the HLS GOP cache (`hls.rs`),
+//! What does not: the ring's rules (`ring.rs`), the HLS GOP cache and viewer tracker (`hls.rs`),
 //! muxing (`proto::mux` behind `mux_adapter.rs`), anything HTTP.
 //!
 //! Muxing happens once per frame per HEVC mode actually requested (DESIGN.md §3 convention 4): for
@@ -12,7 +12,7 @@
 //! segmenter starts from the cached GOP (`hls.rs`), so a cold HLS viewer does not wait for a
 //! keyframe and then a whole segment.
 
-use super::hls::{FrameGop, HlsState};
+use super::hls::{FrameGop, HlsState, HlsViewers};
 use super::mux_adapter::{FlvTagMuxer, HlsParams, MuxFactory, MuxedTag, TagKind, VideoSize};
 use super::ring::{Cursor, Read, Ring, StartInfo};
 use super::{Hub, HubConfig, PullError, PullHandle, SourceEvent, SourceStats, StreamKey};
@@ -80,10 +80,12 @@ pub struct StreamInfo {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub audio_codec: Option<Codec>,
-    /// FLV + WS-FLV viewers.
+    /// FLV + WS-FLV + HLS viewers.
     pub viewers: usize,
     pub viewers_flv: usize,
     pub viewers_ws: usize,
+    /// Distinct HLS clients with a playlist or segment request within `hls.viewer_timeout`.
+    pub viewers_hls: usize,
     pub hls: bool,
     /// Elementary-stream bytes received (frame payloads).
     pub bytes_in: u64,
@@ -118,6 +120,7 @@ pub struct Stream {
     rings_gen: AtomicUsize,
     hls: Mutex<HlsState>,
     hls_notify: Notify,
+    hls_viewers: Mutex<HlsViewers>,
     viewers_flv: AtomicUsize,
     viewers_ws: AtomicUsize,
     /// Last moment the stream had a reason to live without a viewer: creation, last viewer
@@ -154,6 +157,7 @@ impl Stream {
     ) -> Arc<Stream> {
         let ring = Arc::new(Ring::new(cfg.stream.ring_bytes));
         let gop = FrameGop::new(cfg.stream.ring_bytes, hls_target_90k(&cfg));
+        let hls_viewers = HlsViewers::new(cfg.hls.viewer_window());
         Arc::new(Stream {
             key,
             hub,
@@ -164,6 +168,7 @@ impl Stream {
             rings_gen: AtomicUsize::new(1),
             hls: Mutex::new(HlsState::new(gop)),
             hls_notify: Notify::new(),
+            hls_viewers: Mutex::new(hls_viewers),
             viewers_flv: AtomicUsize::new(0),
             viewers_ws: AtomicUsize::new(0),
             activity: Mutex::new(Instant::now()),
@@ -201,9 +206,23 @@ impl Stream {
         lock(&self.rings).iter().map(|(_, r)| r.bytes()).sum()
     }
 
-    /// FLV + WS-FLV viewers now.
+    /// FLV + WS-FLV viewers now (connected ones: what the idle stop looks at; HLS requests keep
+    /// the stream alive through its activity time instead).
     pub fn viewers(&self) -> usize {
         self.viewers_flv.load(Ordering::Relaxed) + self.viewers_ws.load(Ordering::Relaxed)
+    }
+
+    /// Distinct HLS clients seen within `hls.viewer_timeout` (as of the driver's last sweep).
+    pub fn hls_viewers(&self) -> usize {
+        lock(&self.hls_viewers).len()
+    }
+
+    /// Note an HLS request by `client` (an id `http` derives from the request).
+    fn hls_seen(&self, client: Option<u64>) {
+        self.touch();
+        if let Some(c) = client {
+            lock(&self.hls_viewers).seen(c, Instant::now());
+        }
     }
 
     /// Ask the driver to stop (stopper called with `reason`, viewers ended).
@@ -274,10 +293,11 @@ impl Stream {
         *lock(&self.activity) = Instant::now();
     }
 
-    /// The live HLS playlist; the first call creates the segmenter, primes it with the cached GOP,
-    /// and waits (at most `first_frame_timeout`) until the first segment exists.
-    pub async fn hls_playlist(&self) -> Result<String, ViewError> {
-        self.touch();
+    /// The live HLS playlist for `client` (counted as an HLS viewer; `None`: not counted). The
+    /// first call creates the segmenter, primes it with the cached GOP, and waits (at most
+    /// `first_frame_timeout`) until the first segment exists.
+    pub async fn hls_playlist(&self, client: Option<u64>) -> Result<String, ViewError> {
+        self.hls_seen(client);
         let timeout = self.cfg.stream.first_frame_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         lock(&self.hls).open(|| {
@@ -307,9 +327,9 @@ impl Stream {
         }
     }
 
-    /// One HLS segment, if still in the window.
-    pub fn hls_segment(&self, seq: u64) -> Option<Bytes> {
-        self.touch();
+    /// One HLS segment, if still in the window; `client` as for [`Stream::hls_playlist`].
+    pub fn hls_segment(&self, seq: u64, client: Option<u64>) -> Option<Bytes> {
+        self.hls_seen(client);
         lock(&self.hls).sink().and_then(|h| h.segment(seq))
     }
 
@@ -340,6 +360,7 @@ impl Stream {
         };
         let flv = self.viewers_flv.load(Ordering::Relaxed);
         let ws = self.viewers_ws.load(Ordering::Relaxed);
+        let hls = self.hls_viewers();
         StreamInfo {
             key: self.key.clone(),
             device,
@@ -351,9 +372,10 @@ impl Stream {
             width: meta.size.map(|s| s.width),
             height: meta.size.map(|s| s.height),
             audio_codec: meta.audio_codec,
-            viewers: flv + ws,
+            viewers: flv + ws + hls,
             viewers_flv: flv,
             viewers_ws: ws,
+            viewers_hls: hls,
             hls: lock(&self.hls).sink().is_some(),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             frames_in: self.frames_in.load(Ordering::Relaxed),
@@ -428,6 +450,7 @@ impl Stream {
                     None => break "source closed".into(),
                 },
                 _ = ticker.tick() => {
+                    lock(&self.hls_viewers).expire(Instant::now());
                     if last_frame.elapsed() >= sc.no_data_timeout {
                         break "no data".into();
                     }
@@ -455,6 +478,7 @@ impl Stream {
             r.close(reason);
         }
         lock(&self.hls).finish();
+        lock(&self.hls_viewers).close();
         self.hls_notify.notify_waiters();
     }
 }
