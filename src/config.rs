@@ -308,11 +308,29 @@ pub struct HlsConfig {
     pub segment: Duration,
     /// Segments kept in the live playlist.
     pub window: usize,
+    /// An HLS client (remote address + User-Agent) counts as a viewer for this long after its
+    /// last playlist or segment request. Unset: twice `segment`, at least 10 s (see
+    /// [`HlsConfig::viewer_window`]).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub viewer_timeout: Option<Duration>,
 }
 
 impl Default for HlsConfig {
     fn default() -> Self {
-        HlsConfig { segment: Duration::from_secs(2), window: 5 }
+        HlsConfig { segment: Duration::from_secs(2), window: 5, viewer_timeout: None }
+    }
+}
+
+impl HlsConfig {
+    /// Shortest default HLS viewer window: a player reloads the playlist about once per target
+    /// duration (RFC 8216 §6.3.4), and segments are cut at keyframes, so the real target can be
+    /// longer than `segment`.
+    pub const MIN_VIEWER_WINDOW: Duration = Duration::from_secs(10);
+
+    /// How long an HLS client stays counted after its last request: `viewer_timeout`, or twice
+    /// the target duration `segment` but at least [`HlsConfig::MIN_VIEWER_WINDOW`].
+    pub fn viewer_window(&self) -> Duration {
+        self.viewer_timeout.unwrap_or_else(|| (self.segment * 2).max(Self::MIN_VIEWER_WINDOW))
     }
 }
 
@@ -394,6 +412,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
 fn de_port_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortRange>, D::Error> {
     let s = String::deserialize(d)?;
     if s.trim().is_empty() {
@@ -450,6 +472,16 @@ first_frame_timeout = "10s"
     fn unknown_key_is_an_error_naming_it() {
         let e = Config::from_toml("[sip]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn hls_viewer_window_is_twice_the_segment_at_least_ten_seconds_unless_set() {
+        let mut h = HlsConfig::default();
+        assert_eq!(h.viewer_window(), Duration::from_secs(10));
+        h.segment = Duration::from_secs(8);
+        assert_eq!(h.viewer_window(), Duration::from_secs(16));
+        let c = Config::from_toml("[hls]\nsegment = \"200ms\"\nviewer_timeout = \"1s\"\n").unwrap();
+        assert_eq!(c.hls.viewer_window(), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! REST API, media-only receivers, CORS / OPTIONS / HEAD and `/metrics` against the real server.
+//! REST API, media-only receivers, CORS / OPTIONS / HEAD, `/metrics` and the viewer counts against
+//! the real server.
 
 mod hub_support;
 
@@ -7,7 +8,7 @@ use gbrelay::http::{ApiError, RtpControl, RtpOpenRequest};
 use gbrelay::hub::PullHandle;
 use hub_support::*;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_preflight_and_get_carry_cors_headers_and_head_does_not_pull() {
@@ -249,4 +250,74 @@ async fn metrics_parse_and_count_viewers_egress_and_ttfb() {
         .parse::<serde_json::Value>()
         .unwrap();
     assert_eq!(h["status"], "ok");
+}
+
+/// `gbrelay_viewers{protocol="hls"}` now.
+async fn hls_viewers_gauge(base: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    parse_exposition(&text)
+        .iter()
+        .find(|(n, l, _)| n == "gbrelay_viewers" && l.iter().any(|(k, v)| k == "protocol" && v == "hls"))
+        .map_or(0.0, |s| s.2)
+}
+
+/// `viewers` and `viewers_hls` of the only stream in `GET /api/v1/streams`.
+async fn stream_viewers(base: &str) -> (u64, u64) {
+    let v: serde_json::Value =
+        reqwest::get(format!("{base}/api/v1/streams")).await.unwrap().text().await.unwrap().parse().unwrap();
+    let item = &v["items"][0];
+    assert_eq!(item["status"], "live", "{v}");
+    (item["viewers"].as_u64().unwrap(), item["viewers_hls"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hls_clients_count_as_two_viewers_until_they_stop_requesting() {
+    let mut cfg = test_config();
+    cfg.hls.viewer_timeout = Some(Duration::from_millis(1000));
+    let s = start_server(cfg, None).await;
+    s.puller.set("chls", Behaviour::live());
+    // Pinned through the API, so the stream outlives its viewers and only the count moves.
+    let api = reqwest::Client::new();
+    let resp = api.post(format!("{}/api/v1/streams/34020000001180000001/chls", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let before = hls_viewers_gauge(&s.base).await;
+    assert_eq!(stream_viewers(&s.base).await, (0, 0));
+
+    // Two players with the same User-Agent on two addresses: two clients. Playlist and segment
+    // requests of one client count once, whichever connection (port) they come on.
+    let playlist = format!("{}/live/34020000001180000001/chls/index.m3u8", s.base);
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .user_agent("player/1.0")
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let text = a.get(&playlist).send().await.unwrap().text().await.unwrap();
+    let seg = text.lines().find(|l| l.ends_with(".ts")).unwrap().to_owned();
+    let seg_url = format!("{}/live/34020000001180000001/chls/{seg}", s.base);
+    assert_eq!(a.get(&seg_url).send().await.unwrap().status(), 200);
+    assert_eq!(b.get(&playlist).send().await.unwrap().status(), 200);
+    assert_eq!(b.get(&seg_url).send().await.unwrap().status(), 200);
+    assert_eq!(from([127, 0, 0, 1]).get(&playlist).send().await.unwrap().status(), 200);
+    // A HEAD probes; it is not a viewer.
+    assert_eq!(api.head(&seg_url).send().await.unwrap().status(), 200);
+    let last_request = Instant::now();
+    assert_eq!(hls_viewers_gauge(&s.base).await - before, 2.0);
+    assert_eq!(stream_viewers(&s.base).await, (2, 2));
+
+    // No request for `viewer_timeout`: both drop out of the gauge and the stream's count.
+    let mut gone = None;
+    while last_request.elapsed() < Duration::from_secs(4) {
+        if stream_viewers(&s.base).await == (0, 0) {
+            gone = Some(last_request.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = gone.expect("HLS viewers never expired");
+    assert!(gone >= Duration::from_millis(900), "expired after {gone:?}, before the 1 s timeout");
+    assert_eq!(hls_viewers_gauge(&s.base).await, before);
+    assert!(s.puller.stops("chls").is_empty(), "the pinned stream was stopped");
 }

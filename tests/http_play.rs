@@ -1,12 +1,15 @@
 //! HTTP-FLV / WS-FLV / HLS play routes against the real server on 127.0.0.1 with a fake source:
-//! single flight, byte-identical fan-out, keyframe-first joins, slow viewers, lifecycle stops and
-//! error statuses.
+//! single flight, byte-identical fan-out, keyframe-first joins, cold HLS starts from the cached
+//! GOP, slow viewers, lifecycle stops and error statuses.
 
 mod hub_support;
 
 use futures_util::StreamExt;
+use gbrelay::hub::mux_adapter::ProtoMux;
 use gbrelay::hub::PullError;
+use gbrelay::proto::mux::ts::{PID_AUDIO, PID_VIDEO};
 use hub_support::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn first_video_is_keyframe(r: &FlvReader) -> bool {
@@ -342,4 +345,83 @@ async fn hls_playlist_waits_for_the_first_segment_and_serves_segments_from_memor
     assert!(
         wait_until(Duration::from_secs(3), || s.puller.stops("ch").iter().any(|(r, _)| r == "idle")).await
     );
+}
+
+/// The TS muxer writes PTS = input PTS + 1.4 s (`proto::mux::ts`).
+const TS_PTS_OFFSET: i64 = 126_000;
+
+/// PTS of every video and audio PES that starts in a TS segment, in order.
+fn pes_pts(ts: &[u8]) -> (Vec<i64>, Vec<i64>) {
+    let (mut video, mut audio) = (vec![], vec![]);
+    assert_eq!(ts.len() % 188, 0);
+    for p in ts.chunks(188) {
+        assert_eq!(p[0], 0x47);
+        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        if p[1] & 0x40 == 0 || (pid != PID_VIDEO && pid != PID_AUDIO) {
+            continue;
+        }
+        let pos = if p[3] & 0x20 != 0 { 5 + usize::from(p[4]) } else { 4 };
+        let pes = &p[pos..];
+        assert_eq!(pes[..3], [0, 0, 1], "PES start code");
+        assert_ne!(pes[7] & 0x80, 0, "PES without PTS");
+        let t = &pes[9..14];
+        let pts = (i64::from((t[0] >> 1) & 7) << 30)
+            | (i64::from(t[1]) << 22)
+            | (i64::from(t[2] >> 1) << 15)
+            | (i64::from(t[3]) << 7)
+            | i64::from(t[4] >> 1);
+        if pid == PID_VIDEO { &mut video } else { &mut audio }.push(pts - TS_PTS_OFFSET);
+    }
+    (video, audio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_hls_request_starts_at_the_cached_keyframe_and_gets_its_playlist_at_the_next_keyframe() {
+    // 1 s GOPs (50 frames of 20 ms) and 200 ms target segments: a segment closes at every keyframe.
+    const FRAME_MS: u64 = 20;
+    const GOP: u64 = 50;
+    let s = start_server_with(test_config(), Arc::new(ProtoMux), None).await;
+    s.puller.set(
+        "cold",
+        Behaviour::Stream {
+            answer_ms: 50,
+            frame_ms: FRAME_MS,
+            gop: GOP,
+            size: 2000,
+            frames: None,
+            end_reason: None,
+        },
+    );
+    // Started and pinned through the API: media flows, nobody watches, nothing is segmented yet.
+    let client = reqwest::Client::new();
+    let resp =
+        client.post(format!("{}/api/v1/streams/34020000001180000001/cold", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The source has sent 60-75 % of its second GOP (each tick: one video, one audio frame).
+    let video_sent = || s.hub.list()[0].frames_in.div_ceil(2);
+    assert!(wait_until(Duration::from_secs(5), || (GOP + 30..GOP + 38).contains(&video_sent())).await);
+    let last_sent = video_sent() - 1;
+    let cached_key = last_sent / GOP * GOP;
+    let to_next_key = Duration::from_millis((cached_key + GOP - last_sent) * FRAME_MS);
+
+    let t0 = Instant::now();
+    let resp = reqwest::get(format!("{}/live/34020000001180000001/cold/index.m3u8", s.base)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let took = t0.elapsed();
+    // Without the cache the first segment would open at the next keyframe and close one GOP
+    // later: at least `to_next_key` + 1 s.
+    let gop = Duration::from_millis(GOP * FRAME_MS);
+    assert!(took < to_next_key + gop / 2, "took {took:?}; next keyframe was due in {to_next_key:?}");
+    let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert_eq!(segs, ["0.ts"], "{text}");
+
+    let seg = reqwest::get(format!("{}/live/34020000001180000001/cold/0.ts", s.base)).await.unwrap();
+    assert_eq!(seg.status(), 200);
+    let (video, audio) = pes_pts(&seg.bytes().await.unwrap());
+    // The cached GOP from its keyframe, then the live frames after the request, each once and in
+    // order: every frame of that GOP, original timestamps.
+    let want: Vec<i64> = (cached_key..cached_key + GOP).map(|n| (n * FRAME_MS * 90) as i64).collect();
+    assert_eq!(video, want, "video PTS of the first segment");
+    assert_eq!(audio, want, "audio PTS of the first segment");
 }

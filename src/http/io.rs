@@ -1,7 +1,8 @@
 //! The connection wrapper that disconnects stuck readers.
 //!
-//! What belongs here: [`StallGuardListener`] (accepts, sets `TCP_NODELAY`) and [`StallGuardIo`],
-//! whose writes fail with `TimedOut` once the socket has accepted no byte for the stall timeout.
+//! What belongs here: [`StallGuardListener`] (accepts, sets `TCP_NODELAY`), [`StallGuardIo`],
+//! whose writes fail with `TimedOut` once the socket has accepted no byte for the stall timeout,
+//! and [`PeerAddr`], the connection's remote address as handlers see it.
 //! hyper stops polling a viewer's body while its socket is full, so the body itself cannot notice
 //! that a viewer is stuck; the socket can. Nothing HTTP-specific lives here.
 //!
@@ -54,6 +55,19 @@ impl axum::serve::Listener for StallGuardListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// The remote address of a connection accepted by [`StallGuardListener`], put into each request's
+/// extensions as `ConnectInfo<PeerAddr>` by [`serve_with`](super::serve_with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, StallGuardListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, StallGuardListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
     }
 }
 

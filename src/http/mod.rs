@@ -21,7 +21,7 @@ mod io;
 mod play;
 
 pub use api::{RtpControl, RtpOpenRequest};
-pub use io::{StallGuardIo, StallGuardListener};
+pub use io::{PeerAddr, StallGuardIo, StallGuardListener};
 
 use crate::config::Config;
 use crate::hub::{Hub, PullError, ViewError};
@@ -148,10 +148,15 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
 
 /// Serve with a stuck-writer timeout (use `stream.slow_viewer_timeout`): a connection whose socket
 /// accepts no byte for `stuck_timeout` is closed and counted in `viewer_drops{reason="stuck"}`.
+/// Handlers see the remote address as `ConnectInfo<PeerAddr>`.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     stuck_timeout: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(StallGuardListener::new(listener, stuck_timeout), router).await
+    axum::serve(
+        StallGuardListener::new(listener, stuck_timeout),
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .await
 }

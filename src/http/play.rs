@@ -1,23 +1,32 @@
 //! Play routes: HTTP-FLV, WS-FLV and HLS (DESIGN.md §5).
 //!
-//! What belongs here: URL → [`StreamKey`] parsing, waiting for the first keyframe, and handing each
+//! What belongs here: URL → [`StreamKey`] parsing, waiting for the first keyframe, handing each
 //! batch of ready tags to the socket (hyper queues the `Bytes` of one batch and writes them with
-//! one `writev`; WebSocket feeds a batch and flushes once). What does not: stream state and
-//! lifecycle (`hub`), error mapping (`mod.rs`).
+//! one `writev`; WebSocket feeds a batch and flushes once), and telling HLS clients apart. What
+//! does not: stream state and lifecycle (`hub`, which also keeps the HLS viewer count), error
+//! mapping (`mod.rs`).
+//!
+//! An HLS client is the hash of its remote IP address (not the port: a player may use several
+//! connections) and its `User-Agent`. No cookie or URL token: players handle those unevenly, and
+//! a token would have to be written into every segment URI of the playlist. So players behind one
+//! NAT or proxy with the same User-Agent count as one (`X-Forwarded-*` is not trusted); without
+//! connection info (a router served without [`super::serve_with`]) only the User-Agent is used.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, PeerAddr};
 use crate::config::FlvHevc;
 use crate::hub::{FlvViewer, StreamKey};
 use crate::metrics::{metrics, protocol};
 use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 /// Query parameters of the play URLs.
@@ -163,14 +172,26 @@ async fn ws_flv(socket: WebSocket, mut viewer: FlvViewer, first: Vec<Bytes>) {
     }
 }
 
+/// The HLS client id of a request (see the module header).
+fn hls_client(peer: Option<&PeerAddr>, headers: &HeaderMap) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.map(|p| p.0.ip()).hash(&mut h);
+    headers.get(header::USER_AGENT).map(|v| v.as_bytes()).hash(&mut h);
+    h.finish()
+}
+
 /// `GET|HEAD /live/{device}/{channel}/index.m3u8` and `/live/{device}/{channel}/{seq}.ts`.
 pub(super) async fn live_hls(
     State(app): State<AppState>,
     Path((device, channel, file)): Path<(String, String, String)>,
     query: Result<Query<PlayQuery>, QueryRejection>,
     method: Method,
+    peer: Option<axum::Extension<ConnectInfo<PeerAddr>>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    // A HEAD probes; it is not watching.
+    let client = (method != Method::HEAD).then(|| hls_client(peer.as_ref().map(|p| &p.0 .0), &headers));
     let key = stream_key(device, channel, &q)?;
     if file == "index.m3u8" {
         if method == Method::HEAD {
@@ -182,7 +203,7 @@ pub(super) async fn live_hls(
         }
         let t0 = Instant::now();
         let stream = app.hub.open(&key)?;
-        let text = stream.hls_playlist().await?;
+        let text = stream.hls_playlist(client).await?;
         metrics().viewer_ttfb_seconds.get_or_create(&protocol("hls")).observe(t0.elapsed().as_secs_f64());
         metrics().egress_bytes.get_or_create(&protocol("hls")).inc_by(text.len() as u64);
         let mut resp = text.into_response();
@@ -198,7 +219,7 @@ pub(super) async fn live_hls(
     let stream = app.hub.get(&key).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("stream {key} is not running"))
     })?;
-    let data = stream.hls_segment(seq).ok_or_else(|| {
+    let data = stream.hls_segment(seq, client).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("segment {seq} not in window"))
     })?;
     if method != Method::HEAD {
@@ -208,4 +229,26 @@ pub(super) async fn live_hls(
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(addr: &str, ua: Option<&str>) -> u64 {
+        let mut h = HeaderMap::new();
+        if let Some(ua) = ua {
+            h.insert(header::USER_AGENT, HeaderValue::from_str(ua).unwrap());
+        }
+        hls_client(Some(&PeerAddr(addr.parse().unwrap())), &h)
+    }
+
+    #[test]
+    fn hls_client_is_the_address_without_port_and_the_user_agent() {
+        let a = client("10.0.0.1:5000", Some("hls.js"));
+        assert_eq!(a, client("10.0.0.1:5001", Some("hls.js")), "another connection, same client");
+        assert_ne!(a, client("10.0.0.2:5000", Some("hls.js")));
+        assert_ne!(a, client("10.0.0.1:5000", Some("VLC/3.0")));
+        assert_ne!(a, client("10.0.0.1:5000", None));
+    }
 }

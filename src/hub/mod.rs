@@ -3,8 +3,9 @@
 //! What belongs here: stream keys, the source interface ([`Puller`], [`PullHandle`],
 //! [`SourceEvent`], [`PullError`]), the on-demand lifecycle (single-flight pull, first-keyframe
 //! wait, idle / no-data stop, source end), the GOP ring and viewer cursors (`ring.rs`), the stream
-//! driver (`stream.rs`) and the seam to the muxers (`mux_adapter.rs`). What does not: HTTP (in
-//! `http`, which subscribes here), SIP and RTP (the gateway glue implements [`Puller`]).
+//! driver (`stream.rs`), the HLS GOP cache and HLS viewer tracker (`hls.rs`) and the seam to the
+//! muxers (`mux_adapter.rs`). What does not: HTTP (in `http`, which subscribes here), SIP and RTP
+//! (the gateway glue implements [`Puller`]).
 //!
 //! Lifecycle (GB/T 28181 §9.2 live play, driven by viewers):
 //! - The first [`Hub::open`] of a key inserts a `Starting` stream and spawns one pull; every
@@ -12,14 +13,17 @@
 //! - A failed pull ends the stream with its [`PullError`] and removes it, so the next request
 //!   retries.
 //! - No FLV/WS viewer and no HLS request for `idle_timeout` (and not pinned by the API): the
-//!   stopper is called with `"idle"`. No frame for `no_data_timeout`: stopper `"no data"`.
+//!   stopper is called with `"idle"`. (The HLS viewer count, which lasts `hls.viewer_timeout`
+//!   after a request, does not enter into it.) No frame for `no_data_timeout`: stopper `"no data"`.
 //!   [`SourceEvent::Ended`]: viewers end cleanly. Ended streams stay listed (with their reason)
 //!   for [`RECENT_KEEP`].
 
+mod hls;
 pub mod mux_adapter;
 mod ring;
 mod stream;
 
+pub use hls::MAX_HLS_CLIENTS;
 pub use ring::{Cursor, Read, Ring, StartInfo};
 pub use stream::{FlvViewer, Stream, StreamInfo, StreamStatus, ViewError};
 

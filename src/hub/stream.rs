@@ -3,14 +3,17 @@
 //!
 //! What belongs here: [`Stream`] (shared by the hub, the driver and the viewers), the driver loop,
 //! [`FlvViewer`] (a cursor plus the viewer-count guard) and the HLS access used by `http`.
-//! What does not: the ring's rules (`ring.rs`), muxing (`proto::mux` behind `mux_adapter.rs`),
-//! anything HTTP.
+//! What does not: the ring's rules (`ring.rs`), the HLS GOP cache and viewer tracker (`hls.rs`),
+//! muxing (`proto::mux` behind `mux_adapter.rs`), anything HTTP.
 //!
 //! Muxing happens once per frame per HEVC mode actually requested (DESIGN.md §3 convention 4): for
 //! a stream that turns out to be H.264 both modes give identical bytes, so every viewer shares
-//! one ring. HLS is muxed only from the first HLS request on, by one segmenter shared by all.
+//! one ring. HLS is muxed only from the first HLS request on, by one segmenter shared by all; that
+//! segmenter starts from the cached GOP (`hls.rs`), so a cold HLS viewer does not wait for a
+//! keyframe and then a whole segment.
 
-use super::mux_adapter::{FlvTagMuxer, HlsParams, HlsSink, MuxFactory, MuxedTag, TagKind, VideoSize};
+use super::hls::{FrameGop, HlsState, HlsViewers};
+use super::mux_adapter::{FlvTagMuxer, HlsParams, MuxFactory, MuxedTag, TagKind, VideoSize};
 use super::ring::{Cursor, Read, Ring, StartInfo};
 use super::{Hub, HubConfig, PullError, PullHandle, SourceEvent, SourceStats, StreamKey};
 use crate::config::FlvHevc;
@@ -77,10 +80,12 @@ pub struct StreamInfo {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub audio_codec: Option<Codec>,
-    /// FLV + WS-FLV viewers.
+    /// FLV + WS-FLV + HLS viewers.
     pub viewers: usize,
     pub viewers_flv: usize,
     pub viewers_ws: usize,
+    /// Distinct HLS clients with a playlist or segment request within `hls.viewer_timeout`.
+    pub viewers_hls: usize,
     pub hls: bool,
     /// Elementary-stream bytes received (frame payloads).
     pub bytes_in: u64,
@@ -113,8 +118,9 @@ pub struct Stream {
     status: Mutex<StreamStatus>,
     rings: Mutex<Vec<(FlvHevc, Arc<Ring>)>>,
     rings_gen: AtomicUsize,
-    hls: Mutex<Option<Box<dyn HlsSink>>>,
+    hls: Mutex<HlsState>,
     hls_notify: Notify,
+    hls_viewers: Mutex<HlsViewers>,
     viewers_flv: AtomicUsize,
     viewers_ws: AtomicUsize,
     /// Last moment the stream had a reason to live without a viewer: creation, last viewer
@@ -150,6 +156,8 @@ impl Stream {
         mux: Arc<dyn MuxFactory>,
     ) -> Arc<Stream> {
         let ring = Arc::new(Ring::new(cfg.stream.ring_bytes));
+        let gop = FrameGop::new(cfg.stream.ring_bytes, hls_target_90k(&cfg));
+        let hls_viewers = HlsViewers::new(cfg.hls.viewer_window());
         Arc::new(Stream {
             key,
             hub,
@@ -158,8 +166,9 @@ impl Stream {
             mux,
             status: Mutex::new(StreamStatus::Starting),
             rings_gen: AtomicUsize::new(1),
-            hls: Mutex::new(None),
+            hls: Mutex::new(HlsState::new(gop)),
             hls_notify: Notify::new(),
+            hls_viewers: Mutex::new(hls_viewers),
             viewers_flv: AtomicUsize::new(0),
             viewers_ws: AtomicUsize::new(0),
             activity: Mutex::new(Instant::now()),
@@ -197,9 +206,23 @@ impl Stream {
         lock(&self.rings).iter().map(|(_, r)| r.bytes()).sum()
     }
 
-    /// FLV + WS-FLV viewers now.
+    /// FLV + WS-FLV viewers now (connected ones: what the idle stop looks at; HLS requests keep
+    /// the stream alive through its activity time instead).
     pub fn viewers(&self) -> usize {
         self.viewers_flv.load(Ordering::Relaxed) + self.viewers_ws.load(Ordering::Relaxed)
+    }
+
+    /// Distinct HLS clients seen within `hls.viewer_timeout` (as of the driver's last sweep).
+    pub fn hls_viewers(&self) -> usize {
+        lock(&self.hls_viewers).len()
+    }
+
+    /// Note an HLS request by `client` (an id `http` derives from the request).
+    fn hls_seen(&self, client: Option<u64>) {
+        self.touch();
+        if let Some(c) = client {
+            lock(&self.hls_viewers).seen(c, Instant::now());
+        }
     }
 
     /// Ask the driver to stop (stopper called with `reason`, viewers ended).
@@ -270,28 +293,24 @@ impl Stream {
         *lock(&self.activity) = Instant::now();
     }
 
-    /// The live HLS playlist; the first call creates the segmenter and waits (at most
+    /// The live HLS playlist for `client` (counted as an HLS viewer; `None`: not counted). The
+    /// first call creates the segmenter, primes it with the cached GOP, and waits (at most
     /// `first_frame_timeout`) until the first segment exists.
-    pub async fn hls_playlist(&self) -> Result<String, ViewError> {
-        self.touch();
+    pub async fn hls_playlist(&self, client: Option<u64>) -> Result<String, ViewError> {
+        self.hls_seen(client);
         let timeout = self.cfg.stream.first_frame_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        {
-            let mut g = lock(&self.hls);
-            if g.is_none() {
-                let seg = self.cfg.hls.segment.as_secs_f64() * 90_000.0;
-                *g =
-                    Some(self.mux.hls(HlsParams {
-                        target_duration_90k: seg.round() as i64,
-                        window: self.cfg.hls.window,
-                    }));
-            }
-        }
+        lock(&self.hls).open(|| {
+            self.mux.hls(HlsParams {
+                target_duration_90k: hls_target_90k(&self.cfg),
+                window: self.cfg.hls.window,
+            })
+        });
         loop {
             let notified = self.hls_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(text) = lock(&self.hls).as_ref().and_then(|h| h.latest_seq().map(|_| h.playlist())) {
+            if let Some(text) = lock(&self.hls).sink().and_then(|h| h.latest_seq().map(|_| h.playlist())) {
                 return Ok(text);
             }
             match self.status() {
@@ -308,10 +327,10 @@ impl Stream {
         }
     }
 
-    /// One HLS segment, if still in the window.
-    pub fn hls_segment(&self, seq: u64) -> Option<Bytes> {
-        self.touch();
-        lock(&self.hls).as_ref().and_then(|h| h.segment(seq))
+    /// One HLS segment, if still in the window; `client` as for [`Stream::hls_playlist`].
+    pub fn hls_segment(&self, seq: u64, client: Option<u64>) -> Option<Bytes> {
+        self.hls_seen(client);
+        lock(&self.hls).sink().and_then(|h| h.segment(seq))
     }
 
     /// The status the API shows.
@@ -341,6 +360,7 @@ impl Stream {
         };
         let flv = self.viewers_flv.load(Ordering::Relaxed);
         let ws = self.viewers_ws.load(Ordering::Relaxed);
+        let hls = self.hls_viewers();
         StreamInfo {
             key: self.key.clone(),
             device,
@@ -352,10 +372,11 @@ impl Stream {
             width: meta.size.map(|s| s.width),
             height: meta.size.map(|s| s.height),
             audio_codec: meta.audio_codec,
-            viewers: flv + ws,
+            viewers: flv + ws + hls,
             viewers_flv: flv,
             viewers_ws: ws,
-            hls: lock(&self.hls).is_some(),
+            viewers_hls: hls,
+            hls: lock(&self.hls).sink().is_some(),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             frames_in: self.frames_in.load(Ordering::Relaxed),
             rtp: meta.stats,
@@ -403,7 +424,6 @@ impl Stream {
             pull_started: started_at,
             video_codec: None,
             audio_codec: None,
-            hls_started: false,
             first_audio_dts: None,
         };
         let sc = &self.cfg.stream;
@@ -430,6 +450,7 @@ impl Stream {
                     None => break "source closed".into(),
                 },
                 _ = ticker.tick() => {
+                    lock(&self.hls_viewers).expire(Instant::now());
                     if last_frame.elapsed() >= sc.no_data_timeout {
                         break "no data".into();
                     }
@@ -456,9 +477,8 @@ impl Stream {
         for (_, r) in lock(&self.rings).iter() {
             r.close(reason);
         }
-        if let Some(h) = lock(&self.hls).as_mut() {
-            h.finish();
-        }
+        lock(&self.hls).finish();
+        lock(&self.hls_viewers).close();
         self.hls_notify.notify_waiters();
     }
 }
@@ -480,9 +500,12 @@ struct Driver {
     pull_started: Instant,
     video_codec: Option<Codec>,
     audio_codec: Option<Codec>,
-    /// The HLS segmenter has had its first frame.
-    hls_started: bool,
     first_audio_dts: Option<i64>,
+}
+
+/// The HLS target segment duration in 90 kHz ticks.
+fn hls_target_90k(cfg: &HubConfig) -> i64 {
+    (cfg.hls.segment.as_secs_f64() * 90_000.0).round() as i64
 }
 
 /// A source with this much audio (90 kHz) and no video is treated as audio-only.
@@ -596,22 +619,9 @@ impl Driver {
                 }
             }
         }
-        let mut hls = lock(&s.hls);
-        if let Some(h) = hls.as_mut() {
-            // A segmenter made mid-stream starts at a video keyframe (when there is video), so
-            // its first segment opens with video, not with audio before the first keyframe.
-            if !self.hls_started {
-                if self.seen_video && !(is_video && f.keyframe) {
-                    return;
-                }
-                self.hls_started = true;
-            }
-            let before = h.latest_seq();
-            h.push(&f);
-            if h.latest_seq() != before {
-                drop(hls);
-                s.hls_notify.notify_waiters();
-            }
+        // Into the HLS segmenter, or into the GOP cache that will prime it.
+        if lock(&s.hls).push(&f, self.seen_video) {
+            s.hls_notify.notify_waiters();
         }
     }
 }
