@@ -313,11 +313,16 @@ pub struct HlsConfig {
     /// [`HlsConfig::viewer_window`]).
     #[serde(deserialize_with = "de_opt_duration")]
     pub viewer_timeout: Option<Duration>,
+    /// Keep the raw frames of each stream's current GOP until its first HLS request, so a cold
+    /// HLS viewer of a stream that already plays as FLV gets a segment at the next keyframe
+    /// instead of a whole segment later. Costs about one GOP of memory per stream without HLS
+    /// viewers (a 2 Mbit/s stream with 2 s GOPs: up to 500 KB), hence off by default.
+    pub gop_cache: bool,
 }
 
 impl Default for HlsConfig {
     fn default() -> Self {
-        HlsConfig { segment: Duration::from_secs(2), window: 5, viewer_timeout: None }
+        HlsConfig { segment: Duration::from_secs(2), window: 5, viewer_timeout: None, gop_cache: false }
     }
 }
 

@@ -380,7 +380,9 @@ async fn cold_hls_request_starts_at_the_cached_keyframe_and_gets_its_playlist_at
     // 1 s GOPs (50 frames of 20 ms) and 200 ms target segments: a segment closes at every keyframe.
     const FRAME_MS: u64 = 20;
     const GOP: u64 = 50;
-    let s = start_server_with(test_config(), Arc::new(ProtoMux), None).await;
+    let mut cfg = test_config();
+    cfg.hls.gop_cache = true;
+    let s = start_server_with(cfg, Arc::new(ProtoMux), None).await;
     s.puller.set(
         "cold",
         Behaviour::Stream {

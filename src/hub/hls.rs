@@ -8,7 +8,8 @@
 //!
 //! Rules:
 //! - The FLV rings hold muxed tags, not frames, so the HLS segmenter cannot be primed from them.
-//!   Until the first HLS request, the stream keeps the raw frames of its current GOP: from the
+//!   With `hls.gop_cache` on (off by default: it costs a GOP of memory per stream), until the
+//!   first HLS request, the stream keeps the raw frames of its current GOP: from the
 //!   last video keyframe on (audio included), or, while no video has been seen, the last
 //!   target duration of audio (any audio frame may open a segment). Frames are `Bytes`, so a copy
 //!   is a reference. The cache is bounded by bytes (`stream.ring_bytes`): when it overflows, the
@@ -67,6 +68,10 @@ impl FrameGop {
     /// Take `f` into the cache. `seen_video`: the stream has (or announced) video, so only a video
     /// keyframe may start the cache.
     pub(super) fn push(&mut self, f: &Frame, seen_video: bool) {
+        if self.bound == 0 {
+            // `hls.gop_cache = false`: nothing is kept.
+            return;
+        }
         let video = f.codec.is_video();
         if video && f.keyframe {
             self.clear();

@@ -156,7 +156,8 @@ impl Stream {
         mux: Arc<dyn MuxFactory>,
     ) -> Arc<Stream> {
         let ring = Arc::new(Ring::new(cfg.stream.ring_bytes));
-        let gop = FrameGop::new(cfg.stream.ring_bytes, hls_target_90k(&cfg));
+        let gop =
+            FrameGop::new(if cfg.hls.gop_cache { cfg.stream.ring_bytes } else { 0 }, hls_target_90k(&cfg));
         let hls_viewers = HlsViewers::new(cfg.hls.viewer_window());
         Arc::new(Stream {
             key,
