@@ -42,15 +42,7 @@ fn guess_one(n: &[u8]) -> Option<Codec> {
 /// prefix as an MPEG system start code, ISO/IEC 13818-1 §2.4.3.7). Skips with `memchr` on the
 /// `01` byte, which is rare in compressed data.
 pub(crate) fn find_start_code(hay: &[u8]) -> Option<usize> {
-    let mut from = 2;
-    while from < hay.len() {
-        let q = from + memchr::memchr(1, &hay[from..])?;
-        if hay[q - 1] == 0 && hay[q - 2] == 0 {
-            return Some(q - 2);
-        }
-        from = q + 1;
-    }
-    None
+    nal::find_start_code(hay, 0).map(|(p, _)| p)
 }
 
 /// Scan an access unit's NAL units up to its first slice (every slice of one picture has the same
