@@ -25,6 +25,7 @@ pub use io::{PeerAddr, StallGuardIo, StallGuardListener};
 
 use crate::config::Config;
 use crate::hub::{Hub, PullError, ViewError};
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -149,14 +150,46 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
 /// Serve with a stuck-writer timeout (use `stream.slow_viewer_timeout`): a connection whose socket
 /// accepts no byte for `stuck_timeout` is closed and counted in `viewer_drops{reason="stuck"}`.
 /// Handlers see the remote address as `ConnectInfo<PeerAddr>`.
+///
+/// HTTP/1.1 only (with upgrades, for WS-FLV): our own accept loop over hyper's `http1` builder
+/// rather than `axum::serve`, whose auto HTTP/1+2 connection cost more memory per idle
+/// connection. Like `axum::serve`, dropping this future (aborting its task) stops accepting and
+/// asks every open connection to shut down gracefully (idle keep-alive ones close at once).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     stuck_timeout: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(
-        StallGuardListener::new(listener, stuck_timeout),
-        router.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .await
+    use axum::serve::Listener as _;
+    let mut listener = StallGuardListener::new(listener, stuck_timeout);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    loop {
+        let (io, peer) = listener.accept().await;
+        let router = router.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                tower_service::Service::call(&mut router.clone(), req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .writev(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, %peer, "HTTP connection failed");
+                    }
+                    return;
+                }
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, %peer, "HTTP connection failed");
+            }
+        });
+    }
 }
