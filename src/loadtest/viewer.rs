@@ -154,9 +154,10 @@ pub async fn run(spec: ViewerSpec) -> ViewerResult {
     match spec.end {
         Some(end) => match tokio::time::timeout_at(end, fut).await {
             Ok(r) => r,
-            Err(_) => {
-                ViewerResult { error: Some("ended before the first response".into()), ..Default::default() }
-            }
+            Err(_) => ViewerResult {
+                error: Some(format!("ended before the first response ({:?})", spec.proto)),
+                ..Default::default()
+            },
         },
         // A join probe: bounded by a generous first-frame budget.
         None => match tokio::time::timeout(Duration::from_secs(15), fut).await {
@@ -370,14 +371,21 @@ async fn run_hls(spec: &ViewerSpec) -> ViewerResult {
         let from = next_seq.unwrap_or_else(|| pl.segments.last().map(|s| s.0).unwrap_or(0));
         for (seq, dur, uri) in pl.segments.iter().filter(|s| s.0 >= from) {
             let path = http::resolve(&playlist_path, uri);
-            let seg = match http::request(spec.addr, "GET", &path, None, Duration::from_secs(10)).await {
+            // Bounded by the run's end too: a fetch still in flight then is no failure (before,
+            // it overran the end and the whole viewer was reported as never answered).
+            let left = end.saturating_duration_since(Instant::now()).min(Duration::from_secs(10));
+            let seg = match http::request(spec.addr, "GET", &path, None, left.max(Duration::from_millis(1)))
+                .await
+            {
                 Ok(x) if x.status == 200 => x,
                 Ok(x) => {
                     r.error = Some(format!("HTTP {} for segment {path}", x.status));
                     break;
                 }
                 Err(e) => {
-                    r.error = Some(e.to_string());
+                    if Instant::now() < end {
+                        r.error = Some(e.to_string());
+                    }
                     break;
                 }
             };
