@@ -59,17 +59,9 @@ impl axum::serve::Listener for StallGuardListener {
 }
 
 /// The remote address of a connection accepted by [`StallGuardListener`], put into each request's
-/// extensions as `ConnectInfo<PeerAddr>` by [`serve_with`](super::serve_with).
+/// extensions by [`serve_with`](super::serve_with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, StallGuardListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, StallGuardListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// A TCP stream whose writes time out when blocked for too long.
 pub struct StallGuardIo {

@@ -25,7 +25,6 @@ pub use io::{PeerAddr, StallGuardIo, StallGuardListener};
 
 use crate::config::Config;
 use crate::hub::{Hub, PullError, ViewError};
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -149,7 +148,7 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
 
 /// Serve with a stuck-writer timeout (use `stream.slow_viewer_timeout`): a connection whose socket
 /// accepts no byte for `stuck_timeout` is closed and counted in `viewer_drops{reason="stuck"}`.
-/// Handlers see the remote address as `ConnectInfo<PeerAddr>`.
+/// Handlers see the remote address as the request extension [`PeerAddr`].
 ///
 /// HTTP/1.1 only (with upgrades, for WS-FLV): our own accept loop over hyper's `http1` builder
 /// rather than `axum::serve`, whose auto HTTP/1+2 connection cost more memory per idle
@@ -170,7 +169,7 @@ pub async fn serve_with(
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                req.extensions_mut().insert(PeerAddr(peer));
                 tower_service::Service::call(&mut router.clone(), req)
             });
             let conn = hyper::server::conn::http1::Builder::new()

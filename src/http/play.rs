@@ -17,7 +17,6 @@ use crate::config::FlvHevc;
 use crate::hub::{FlvViewer, StreamKey};
 use crate::metrics::{metrics, protocol};
 use axum::body::Body;
-use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -186,12 +185,12 @@ pub(super) async fn live_hls(
     Path((device, channel, file)): Path<(String, String, String)>,
     query: Result<Query<PlayQuery>, QueryRejection>,
     method: Method,
-    peer: Option<axum::Extension<ConnectInfo<PeerAddr>>>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     // A HEAD probes; it is not watching.
-    let client = (method != Method::HEAD).then(|| hls_client(peer.as_ref().map(|p| &p.0 .0), &headers));
+    let client = (method != Method::HEAD).then(|| hls_client(peer.as_ref().map(|p| &p.0), &headers));
     let key = stream_key(device, channel, &q)?;
     if file == "index.m3u8" {
         if method == Method::HEAD {
