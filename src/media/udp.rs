@@ -46,11 +46,8 @@ static RCVBUF_LOG: crate::metrics::LogLimiter = crate::metrics::LogLimiter::new(
 /// than asked (capped by `net.core.rmem_max`) is logged, rate-limited, and the socket is used.
 fn udp_socket(addr: SocketAddr, rcvbuf: usize) -> Result<UdpSocket, MediaError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let err = bind_err("udp", addr);
-    let sock = match Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)) {
-        Ok(s) => s,
-        Err(e) => return Err(err(e)),
-    };
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err("udp", addr))?;
     if rcvbuf > 0 {
         let granted = sock.set_recv_buffer_size(rcvbuf).and_then(|()| sock.recv_buffer_size());
         // Linux reports twice the value it accounts (socket(7)): compare with half of it.
@@ -72,11 +69,10 @@ fn udp_socket(addr: SocketAddr, rcvbuf: usize) -> Result<UdpSocket, MediaError> 
             }
         }
     }
-    let setup = sock.set_nonblocking(true).and_then(|()| sock.bind(&addr.into()));
-    if let Err(e) = setup {
-        return Err(bind_err("udp", addr)(e));
-    }
-    UdpSocket::from_std(sock.into()).map_err(bind_err("udp", addr))
+    sock.set_nonblocking(true)
+        .and_then(|()| sock.bind(&addr.into()))
+        .and_then(|()| UdpSocket::from_std(sock.into()))
+        .map_err(bind_err("udp", addr))
 }
 
 /// Bind the shared UDP socket and the TCP listener on the same port (`port` 0: the UDP socket's
@@ -139,9 +135,8 @@ pub(crate) async fn shared_udp_loop(inner: Arc<Inner>, sock: UdpSocket) {
     let label = transport(Transport::Udp.as_str());
     let in_bytes = metrics().ingress_bytes.get_or_create(&label).clone();
     let in_packets = metrics().ingress_packets.get_or_create(&label).clone();
-    let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
+        let (data, from) = match recv_datagram(&sock).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("shared UDP receive error: {e}");
@@ -149,9 +144,10 @@ pub(crate) async fn shared_udp_loop(inner: Arc<Inner>, sock: UdpSocket) {
                 continue;
             }
         };
+        let n = data.len();
         in_bytes.inc_by(n as u64);
         in_packets.inc();
-        let pkt = match classify(Bytes::copy_from_slice(&buf[..n])) {
+        let pkt = match classify(data) {
             Parsed::Rtp(p) => p,
             Parsed::Rtcp => continue,
             Parsed::Bad(e) => {
@@ -224,13 +220,14 @@ pub(crate) async fn stream_task(s: Arc<Session>, mut rx: mpsc::Receiver<(std::ti
 }
 
 thread_local! {
-    /// One datagram-sized receive buffer per worker thread, shared by every pool-port task on
-    /// it (a 64 KiB buffer per stream would be a tenth of a stream's memory).
+    /// One datagram-sized receive buffer per worker thread, shared by every UDP receive task on
+    /// it (a 64 KiB buffer per pool-port stream would be a tenth of a stream's memory).
     static RECV_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; DATAGRAM_MAX]);
 }
 
-/// Receive one datagram into the thread's buffer and copy it out at its size.
-async fn recv_pooled(sock: &UdpSocket) -> std::io::Result<(Bytes, SocketAddr)> {
+/// Receive one datagram into the thread's buffer and copy it out at its size (the shared port
+/// and every pool port).
+async fn recv_datagram(sock: &UdpSocket) -> std::io::Result<(Bytes, SocketAddr)> {
     loop {
         sock.readable().await?;
         let r = RECV_BUF.with_borrow_mut(|buf| {
@@ -251,7 +248,7 @@ pub(crate) async fn pool_udp_task(s: Arc<Session>, sock: UdpSocket) {
     let mut o = Ordered::new(s.reorder_depth, s.reorder_wait);
     loop {
         tokio::select! {
-            r = recv_pooled(&sock) => match r {
+            r = recv_datagram(&sock) => match r {
                 Ok((data, from)) => {
                     let n = data.len();
                     in_bytes.inc_by(n as u64);
