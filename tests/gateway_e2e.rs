@@ -637,16 +637,11 @@ async fn media_only_tcp_active_receiver_connects_to_the_peer_and_plays() {
     }
     let dir = tempfile::tempdir().unwrap();
     let gw = start(config(dir.path(), Transport::TcpActive, |_| {})).await.expect("gateway starts");
-    let src = MediaSource::start(MediaSourceConfig {
-        media_file: testdata("h264_aac.ps"),
-        transport: MediaTransport::TcpActive,
-        peer: "127.0.0.1:0".parse().unwrap(),
-        ssrc: 4242,
-        local: "127.0.0.1:0".parse().unwrap(),
-        loss: 0.0,
-        reorder: 0.0,
-        seed: 1,
-    })
+    let src = MediaSource::start(MediaSourceConfig::loopback(
+        testdata("h264_aac.ps"),
+        MediaTransport::TcpActive,
+        4242,
+    ))
     .await
     .expect("source listens");
     let client = reqwest::Client::new();

@@ -940,16 +940,7 @@ async fn media_source_streams_the_file_without_sip_in_each_transport() {
     use gbrelay::sim::{MediaSource, MediaSourceConfig};
     let (_dir, path, file) = short_sample(10);
     for transport in [MediaTransport::Udp, MediaTransport::TcpPassive, MediaTransport::TcpActive] {
-        let mut cfg = MediaSourceConfig {
-            media_file: path.clone(),
-            transport,
-            peer: "127.0.0.1:0".parse().unwrap(),
-            ssrc: 777,
-            local: "127.0.0.1:0".parse().unwrap(),
-            loss: 0.0,
-            reorder: 0.0,
-            seed: 1,
-        };
+        let mut cfg = MediaSourceConfig::loopback(path.clone(), transport, 777);
         let (mut rx, src) = match transport {
             MediaTransport::Udp => {
                 let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();

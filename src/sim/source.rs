@@ -31,6 +31,24 @@ pub struct MediaSourceConfig {
     pub seed: u64,
 }
 
+impl MediaSourceConfig {
+    /// A loss-free source on 127.0.0.1: `peer` and `local` are `127.0.0.1:0` (set `peer` for
+    /// UDP and TCP passive; TCP active listens on it).
+    pub fn loopback(media_file: PathBuf, transport: MediaTransport, ssrc: u32) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        MediaSourceConfig {
+            media_file,
+            transport,
+            peer: any,
+            ssrc,
+            local: any,
+            loss: 0.0,
+            reorder: 0.0,
+            seed: 1,
+        }
+    }
+}
+
 /// Counters of one source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MediaSourceStats {
