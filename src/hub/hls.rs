@@ -55,6 +55,12 @@ impl FrameGop {
         self.bytes = 0;
     }
 
+    /// Hand over the cached frames, leaving the cache empty.
+    fn take(&mut self) -> VecDeque<Frame> {
+        self.bytes = 0;
+        std::mem::take(&mut self.frames)
+    }
+
     fn pop_front(&mut self) {
         if let Some(f) = self.frames.pop_front() {
             self.bytes -= f.data.len();
@@ -138,8 +144,7 @@ impl HlsState {
             return;
         }
         let mut sink = make();
-        let cached = std::mem::take(&mut self.gop.frames);
-        self.gop.clear();
+        let cached = self.gop.take();
         // The cache always starts where a segment may open.
         self.started = !cached.is_empty();
         for f in &cached {
